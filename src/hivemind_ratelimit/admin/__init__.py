@@ -1,0 +1,1 @@
+"""The HTTP admin endpoint: health, readiness, metrics, /json, /rlconfig."""

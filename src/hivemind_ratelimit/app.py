@@ -1,0 +1,166 @@
+"""The composition root: builds every part from Settings, runs, drains, stops.
+
+Start: load the rules (bad rules refuse to start), open the gRPC and admin ports,
+report SERVING. Stop (SIGTERM/SIGINT): report NOT_SERVING, let in-flight calls finish
+within `server.drain_timeout`, close. SIGHUP reloads the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import socket
+import time
+
+from hivemind_ratelimit import __version__
+from hivemind_ratelimit.admin.http import AdminServer
+from hivemind_ratelimit.core.clock import Clock, SystemClock
+from hivemind_ratelimit.core.limiter import Limiter, LimiterOptions, OverflowPolicy
+from hivemind_ratelimit.core.store import CounterStore
+from hivemind_ratelimit.rls.server import RlsServer
+from hivemind_ratelimit.rls.servicer import RateLimitServicer
+from hivemind_ratelimit.rules.model import RuleSet
+from hivemind_ratelimit.rules.watcher import RuleReloader
+from hivemind_ratelimit.settings import Settings
+from hivemind_ratelimit.telemetry.prometheus import Gauges
+from hivemind_ratelimit.telemetry.stats import ServiceStats
+
+log = logging.getLogger("hivemind")
+
+SWEEP_INTERVAL = 1.0
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, node_id: str = "") -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.node_id = node_id or settings.mesh.node_id or default_node_id()
+        self.incarnation = int(time.time() * 1000)
+        rl = settings.rate_limiting
+        self.stats = ServiceStats()
+        self.store = CounterStore(rl.max_counters)
+        self.limiter = Limiter(
+            store=self.store,
+            clock=self.clock,
+            stats=self.stats,
+            options=LimiterOptions(
+                near_limit_ratio=rl.near_limit_ratio,
+                shadow_mode=rl.shadow_mode,
+                stop_increment_when_over_limit=rl.stop_increment_when_over_limit,
+                response_headers=rl.response_headers,
+                on_counter_overflow=OverflowPolicy(rl.on_counter_overflow),
+                default_consistency=rl.consistency,
+            ),
+        )
+        self.servicer = RateLimitServicer(self.limiter, settings.server.limits, self.stats)
+        self.reloader = RuleReloader(
+            rl.config_path, merge_domains=rl.merge_domains, stats=self.stats, apply=self._apply_rules
+        )
+        self.rls = RlsServer(settings.server, self.servicer)
+        self.admin: AdminServer | None = None
+        self._serving = False
+        self._ready = False
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- NodeView for the admin endpoint ---------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._serving
+
+    def rules(self) -> RuleSet:
+        return self.limiter.rules
+
+    def gauges(self) -> Gauges:
+        rules = self.limiter.rules
+        return Gauges(
+            live_counters=len(self.store),
+            config_version=rules.version,
+            rules_loaded=sum(1 for r in rules.walk() if r.limits),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _apply_rules(self, rules: RuleSet) -> None:
+        self.limiter.rules = rules
+
+    async def start(self) -> None:
+        self._stop = asyncio.Event()
+        rules = self.reloader.load_initial()
+        log.info(
+            "rules loaded: version %s, %d domains from %s",
+            rules.version,
+            len(rules.domains),
+            self.settings.rate_limiting.config_path,
+        )
+        await self.rls.start()
+        server = self.settings.server
+        if server.http_port:
+            self.admin = AdminServer(server.host, server.http_port, self.servicer, self)
+            await self.admin.start()
+        rl = self.settings.rate_limiting
+        if rl.watch:
+            self._tasks.append(asyncio.create_task(self.reloader.watch(rl.watch_interval, self._stop)))
+        self._tasks.append(asyncio.create_task(self._sweep(self._stop)))
+        self._serving = True
+        self._ready = True
+        await self.rls.set_serving(True)
+        log.info(
+            "hivemind %s serving: grpc %s, admin %s, node %s",
+            __version__,
+            ", ".join(self.rls.addresses),
+            f"{server.host}:{self.admin.bound_port}" if self.admin else "off",
+            self.node_id,
+        )
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=SWEEP_INTERVAL)
+            self.store.expire(self.clock.now())
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def wait(self) -> None:
+        assert self._stop is not None, "start() first"
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING first, in-flight calls finish, then close everything."""
+        log.info("draining (up to %.1fs)", self.settings.server.drain_timeout)
+        self._serving = False
+        if self._stop is not None:
+            self._stop.set()
+        await self.rls.stop(self.settings.server.drain_timeout)
+        if self.admin is not None:
+            await self.admin.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT (SIGHUP reloads), drain, stop."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.reloader.reload("SIGHUP"))
+        try:
+            await self.wait()
+        finally:
+            await self.stop()

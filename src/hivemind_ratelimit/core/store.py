@@ -1,0 +1,106 @@
+"""The counter store: every live counter of this node, bounded in number.
+
+A counter is identified by (counter key, window start). Its state is a G-counter
+(see gcounter.py) split for speed and memory: this node's own slot is a plain int,
+the other slots live in a dict that exists only once a peer has reported a count.
+The global count is `own + remote_total`.
+
+Counters are dropped once their retention time has passed (the window end, plus the
+next window for sliding windows, plus a grace period for late peer messages). When
+`max_counters` are live and a new counter is needed, expired counters are swept
+first; if none can be dropped the caller gets None and applies its overflow policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from hivemind_ratelimit.core.gcounter import Slot, merge_into
+
+CounterId = tuple[str, int]
+
+
+class Counter:
+    __slots__ = ("key", "length", "own", "remote", "remote_total", "retain_until", "window_start")
+
+    def __init__(self, key: str, window_start: int, length: int, retain_until: float) -> None:
+        self.key = key
+        self.window_start = window_start
+        self.length = length
+        self.own = 0
+        self.remote: dict[Slot, int] | None = None
+        self.remote_total = 0
+        self.retain_until = retain_until
+
+    @property
+    def total(self) -> int:
+        return self.own + self.remote_total
+
+    def slots(self, own_slot: Slot) -> dict[Slot, int]:
+        """The full G-counter state, this node's slot included."""
+        out = dict(self.remote) if self.remote else {}
+        if self.own:
+            out[own_slot] = self.own
+        return out
+
+    def merge_remote(self, slots: Mapping[Slot, int], own_slot: Slot) -> bool:
+        """Merge a peer's view; our own slot is only ever raised by us (or a stale echo)."""
+        changed = False
+        incoming = dict(slots)
+        mine = incoming.pop(own_slot, 0)
+        if mine > self.own:  # we restarted with the same incarnation: never go backwards
+            self.own = mine
+            changed = True
+        if incoming:
+            if self.remote is None:
+                self.remote = {}
+            if merge_into(self.remote, incoming):
+                self.remote_total = sum(self.remote.values())
+                changed = True
+        return changed
+
+
+class CounterStore:
+    def __init__(self, max_counters: int, sweep_every: float = 1.0) -> None:
+        if max_counters < 1:
+            raise ValueError("max_counters must be at least 1")
+        self.max_counters = max_counters
+        self._counters: dict[CounterId, Counter] = {}
+        self._sweep_every = sweep_every
+        self._next_sweep = 0.0
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def __iter__(self) -> Iterator[Counter]:
+        return iter(list(self._counters.values()))
+
+    def get(self, key: str, window_start: int) -> Counter | None:
+        return self._counters.get((key, window_start))
+
+    def get_or_create(
+        self, key: str, window_start: int, length: int, retain_until: float, now: float
+    ) -> Counter | None:
+        """The counter, created if needed; None when the store is full of live counters."""
+        cid = (key, window_start)
+        counter = self._counters.get(cid)
+        if counter is not None:
+            return counter
+        if len(self._counters) >= self.max_counters:
+            # Sweep at most every `sweep_every` seconds, so a store full of live
+            # counters does not turn every request into a full scan.
+            if now < self._next_sweep:
+                return None
+            self._next_sweep = now + self._sweep_every
+            if self.expire(now) == 0:
+                return None
+        counter = Counter(key, window_start, length, retain_until)
+        self._counters[cid] = counter
+        return counter
+
+    def expire(self, now: float) -> int:
+        """Drop every counter whose retention has passed; returns how many."""
+        dead = [cid for cid, c in self._counters.items() if c.retain_until <= now]
+        for cid in dead:
+            del self._counters[cid]
+        return len(dead)

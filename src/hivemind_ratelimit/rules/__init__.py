@@ -1,0 +1,1 @@
+"""Rule files (the envoyproxy/ratelimit format plus Hivemind's extensions)."""

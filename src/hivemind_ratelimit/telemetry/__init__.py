@@ -1,0 +1,1 @@
+"""Telemetry: plain counters on the request path, exposition at scrape time."""
