@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 
-.PHONY: run test lint typecheck unit check-config bench clean
+.PHONY: run test lint bench clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,13 @@ bench: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Regenerate the committed peer-protocol code from proto/ (needs grpcio-tools).
+PROTO_OUT := src/hivemind_ratelimit/mesh/proto
+proto: $(TEST_STAMP)
+	$(BIN)/pip install --quiet grpcio-tools
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) hivemind/mesh/v1/mesh.proto
+	mv $(PROTO_OUT)/hivemind/mesh/v1/mesh_pb2*.py* $(PROTO_OUT)/ && rm -rf $(PROTO_OUT)/hivemind
+	sed -i 's/^from hivemind.mesh.v1 import mesh_pb2/from hivemind_ratelimit.mesh.proto import mesh_pb2/' \
+		$(PROTO_OUT)/mesh_pb2_grpc.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import signal
 import socket
@@ -17,9 +18,12 @@ import time
 
 from hivemind_ratelimit import __version__
 from hivemind_ratelimit.admin.http import AdminServer
+from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock, SystemClock
 from hivemind_ratelimit.core.limiter import Limiter, LimiterOptions, OverflowPolicy
 from hivemind_ratelimit.core.store import CounterStore
+from hivemind_ratelimit.mesh.protocol import MeshCore, MeshStats, Timing
+from hivemind_ratelimit.mesh.transport import MeshTransport
 from hivemind_ratelimit.rls.server import RlsServer
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
 from hivemind_ratelimit.rules.model import RuleSet
@@ -44,12 +48,24 @@ class App:
         self.node_id = node_id or settings.mesh.node_id or default_node_id()
         self.incarnation = int(time.time() * 1000)
         rl = settings.rate_limiting
+        mesh = settings.mesh
         self.stats = ServiceStats()
+        self.mesh_stats = MeshStats()
         self.store = CounterStore(rl.max_counters)
+        self.cluster = ClusterView(self.node_id)
+        # Counters outlive their window long enough for the last peer updates to land.
+        grace = max(2.0, 5 * mesh.sync_interval)
+        self.timing = Timing(
+            sync_interval=mesh.sync_interval,
+            probe_interval=mesh.probe_interval,
+            suspect_timeout=mesh.suspect_timeout,
+            grace=grace,
+        )
         self.limiter = Limiter(
             store=self.store,
             clock=self.clock,
             stats=self.stats,
+            cluster=self.cluster,
             options=LimiterOptions(
                 near_limit_ratio=rl.near_limit_ratio,
                 shadow_mode=rl.shadow_mode,
@@ -57,6 +73,7 @@ class App:
                 response_headers=rl.response_headers,
                 on_counter_overflow=OverflowPolicy(rl.on_counter_overflow),
                 default_consistency=rl.consistency,
+                grace_seconds=grace,
             ),
         )
         self.servicer = RateLimitServicer(self.limiter, settings.server.limits, self.stats)
@@ -65,6 +82,8 @@ class App:
         )
         self.rls = RlsServer(settings.server, self.servicer)
         self.admin: AdminServer | None = None
+        self.mesh: MeshTransport | None = None
+        self.mesh_core: MeshCore | None = None
         self._serving = False
         self._ready = False
         self._stop: asyncio.Event | None = None
@@ -105,6 +124,7 @@ class App:
             len(rules.domains),
             self.settings.rate_limiting.config_path,
         )
+        await self._start_mesh()
         await self.rls.start()
         server = self.settings.server
         if server.http_port:
@@ -114,22 +134,50 @@ class App:
         if rl.watch:
             self._tasks.append(asyncio.create_task(self.reloader.watch(rl.watch_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self._sweep(self._stop)))
+        assert self.mesh is not None
+        warm = await self.mesh.warm_up(self.settings.mesh.warmup_timeout)
+        if not warm:
+            log.warning(
+                "mesh warm-up incomplete after %.1fs; serving with what arrived",
+                self.settings.mesh.warmup_timeout,
+            )
         self._serving = True
         self._ready = True
         await self.rls.set_serving(True)
         log.info(
-            "hivemind %s serving: grpc %s, admin %s, node %s",
+            "hivemind %s serving: grpc %s, admin %s, mesh %s, node %s",
             __version__,
             ", ".join(self.rls.addresses),
             f"{server.host}:{self.admin.bound_port}" if self.admin else "off",
+            self.mesh_core.membership.address if self.mesh_core else "off",
             self.node_id,
         )
+
+    async def _start_mesh(self) -> None:
+        mesh = self.settings.mesh
+        core = MeshCore(
+            node_id=self.node_id,
+            boot=self.incarnation,
+            address="",
+            store=self.store,
+            cluster=self.cluster,
+            timing=self.timing,
+            rng=random.Random(),
+            stats=self.mesh_stats,
+        )
+        transport = MeshTransport(core, mesh, self.clock)
+        await transport.start()
+        core.membership.address = mesh.advertise_address or _advertise(mesh.host, transport.bound_port)
+        self.mesh_core, self.mesh = core, transport
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=SWEEP_INTERVAL)
-            self.store.expire(self.clock.now())
+            if self.mesh_core is not None:
+                self.mesh_core.sweep(self.clock.now())
+            else:
+                self.store.expire(self.clock.now())
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -146,6 +194,9 @@ class App:
         if self._stop is not None:
             self._stop.set()
         await self.rls.stop(self.settings.server.drain_timeout)
+        if self.mesh is not None:
+            await self.mesh.leave()
+            await self.mesh.stop()
         if self.admin is not None:
             await self.admin.stop()
         for task in self._tasks:
@@ -164,3 +215,13 @@ class App:
             await self.wait()
         finally:
             await self.stop()
+
+
+def _advertise(host: str, port: int) -> str:
+    """The address peers dial: the bound host, or this machine's address for 0.0.0.0."""
+    if host in ("0.0.0.0", "", "::"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

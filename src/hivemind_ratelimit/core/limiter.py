@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock
 from hivemind_ratelimit.core.store import Counter, CounterStore
 from hivemind_ratelimit.core.windows import Unit, seconds_until_reset, sliding_weight_count, window_start
@@ -108,6 +109,8 @@ class _Check:
     after: int
     over: bool
     reset: int
+    count: bool = True  # add the hits to this node's slot (False: refused by the allowance)
+    spend: bool = False  # bounded mode: the hits spend this node's allowance
 
     @property
     def remaining(self) -> int:
@@ -132,12 +135,14 @@ class Limiter:
         stats: ServiceStats,
         options: LimiterOptions | None = None,
         rules: RuleSet = EMPTY_RULESET,
+        cluster: ClusterView | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.stats = stats
         self.options = options or LimiterOptions()
         self.rules = rules  # swapped whole on reload; read once per decision
+        self.cluster = cluster  # None: a single node, nothing is shared
 
     def decide(self, request: Request) -> Decision:
         rules = self.rules
@@ -218,23 +223,54 @@ class Limiter:
         if counter is None:
             over = self.options.on_counter_overflow is OverflowPolicy.DENY
             return _Check(limit, None, 0, 0 if not over else limit.requests_per_unit + 1, over, reset)
+        counter.limit = limit.requests_per_unit
+        mode = limit.consistency or self.options.default_consistency
+        if mode is Consistency.LOCAL:
+            counter.shared = False
         before = counter.total
         if sliding:
             previous = self.store.get(key, start - length)
             if previous is not None:
                 before = sliding_weight_count(previous.total, before, now, start, length)
         after = before + hits
-        return _Check(limit, counter, before, after, after > limit.requests_per_unit, reset)
+        over = after > limit.requests_per_unit
+        cluster = self.cluster
+        if over or mode is not Consistency.BOUNDED or cluster is None or not cluster.active:
+            return _Check(limit, counter, before, after, over, reset)
+        # Bounded: within the global limit, but this node may only spend its allowance,
+        # a share of the budget left at the last merge (core/allowance.py).
+        if counter.allowance < 0:
+            counter.allowance = cluster.allowance(key, limit.requests_per_unit - before)
+            counter.spent = 0
+            counter.fresh = cluster.is_new(key)
+        if counter.spent + hits <= counter.allowance:
+            return _Check(limit, counter, before, after, False, reset, spend=True)
+        if counter.fresh and counter.allowance == 0 and counter.spent == 0 and hits <= 1:
+            # Cold start: demand is not known yet; one hit per member may pass.
+            return _Check(limit, counter, before, after, False, reset, spend=True)
+        # Refused by the allowance while the global count is under the limit: not
+        # counted, or refused hits would eat the budget the busy node needs.
+        return _Check(limit, counter, before, after, True, reset, count=False)
 
     # -- step 3 ------------------------------------------------------------------------
 
     def _commit(
         self, domain: str, plan: _Plan, hits: int, commit: bool, index: int, decision: Decision
     ) -> DescriptorStatus:
-        if commit and hits:
-            for check in plan.checks:
-                if check.counter is not None:
-                    check.counter.own += hits
+        dirty = self.store.dirty
+        for check in plan.checks:
+            counter = check.counter
+            if counter is None:
+                continue
+            if commit and hits and check.count:
+                counter.own += hits
+                if not check.over:
+                    counter.admitted += hits
+                if check.spend:
+                    counter.spent += hits
+            if counter.shared and hits:
+                counter.seen += hits
+                dirty.add(counter)
         if any(c.counter is None for c in plan.checks):
             self.stats.counter_overflow += 1
         # The most restrictive limit: the first one over, else the one with least left.
@@ -274,10 +310,16 @@ class Limiter:
 
 
 def _headers(statuses: Sequence[DescriptorStatus]) -> list[tuple[str, str]]:
-    """RateLimit-* headers from the descriptor closest to its limit."""
+    """RateLimit-* headers from the descriptor closest to its limit.
+
+    As the reference: the one with the least remaining, but a descriptor that is over
+    limit always wins over one that merely has 0 left (the last one over, if several).
+    """
     tightest: DescriptorStatus | None = None
     for status in statuses:
-        if status.limit is not None and (tightest is None or status.remaining < tightest.remaining):
+        if status.limit is None:
+            continue
+        if status.code is Code.OVER_LIMIT or tightest is None or status.remaining < tightest.remaining:
             tightest = status
     if tightest is None or tightest.limit is None:
         return []

@@ -21,7 +21,23 @@ CounterId = tuple[str, int]
 
 
 class Counter:
-    __slots__ = ("key", "length", "own", "remote", "remote_total", "retain_until", "window_start")
+    __slots__ = (
+        "admitted",
+        "admitted_remote",
+        "allowance",
+        "fresh",
+        "key",
+        "length",
+        "limit",
+        "own",
+        "remote",
+        "remote_total",
+        "retain_until",
+        "seen",
+        "shared",
+        "spent",
+        "window_start",
+    )
 
     def __init__(self, key: str, window_start: int, length: int, retain_until: float) -> None:
         self.key = key
@@ -31,6 +47,36 @@ class Counter:
         self.remote: dict[Slot, int] | None = None
         self.remote_total = 0
         self.retain_until = retain_until
+        # Mesh bookkeeping (see core/allowance.py and mesh/protocol.py):
+        self.shared = True  # replicated to peers (False for `local` consistency)
+        self.seen = 0  # hits seen since the last sync tick, admitted or not (demand)
+        self.allowance = -1  # bounded mode: hits this node may admit since the last merge; -1 stale
+        self.spent = 0  # hits admitted against `allowance`
+        self.fresh = False  # the counter was new to the cluster when `allowance` was computed
+        # Admitted hits per slot (a second G-counter), to measure over-admission per window.
+        self.limit = 0
+        self.admitted = 0
+        self.admitted_remote: dict[Slot, int] | None = None
+
+    @property
+    def admitted_total(self) -> int:
+        return self.admitted + (sum(self.admitted_remote.values()) if self.admitted_remote else 0)
+
+    def admitted_slots(self, own_slot: Slot) -> dict[Slot, int]:
+        out = dict(self.admitted_remote) if self.admitted_remote else {}
+        if self.admitted:
+            out[own_slot] = self.admitted
+        return out
+
+    def merge_admitted(self, slots: Mapping[Slot, int], own_slot: Slot) -> None:
+        incoming = dict(slots)
+        mine = incoming.pop(own_slot, 0)
+        if mine > self.admitted:
+            self.admitted = mine
+        if incoming:
+            if self.admitted_remote is None:
+                self.admitted_remote = {}
+            merge_into(self.admitted_remote, incoming)
 
     @property
     def total(self) -> int:
@@ -57,6 +103,8 @@ class Counter:
             if merge_into(self.remote, incoming):
                 self.remote_total = sum(self.remote.values())
                 changed = True
+        if changed:
+            self.allowance = -1  # the view changed: recompute the allowance on next use
         return changed
 
 
@@ -66,6 +114,7 @@ class CounterStore:
             raise ValueError("max_counters must be at least 1")
         self.max_counters = max_counters
         self._counters: dict[CounterId, Counter] = {}
+        self.dirty: set[Counter] = set()  # shared counters changed since the last sync tick
         self._sweep_every = sweep_every
         self._next_sweep = 0.0
 
@@ -98,9 +147,15 @@ class CounterStore:
         self._counters[cid] = counter
         return counter
 
-    def expire(self, now: float) -> int:
-        """Drop every counter whose retention has passed; returns how many."""
+    def expire(self, now: float, closed: list[Counter] | None = None) -> int:
+        """Drop every counter whose retention has passed; returns how many.
+
+        Dropped counters are appended to `closed` when given (to measure their totals).
+        """
         dead = [cid for cid, c in self._counters.items() if c.retain_until <= now]
         for cid in dead:
-            del self._counters[cid]
+            counter = self._counters.pop(cid)
+            self.dirty.discard(counter)
+            if closed is not None:
+                closed.append(counter)
         return len(dead)

@@ -67,7 +67,9 @@ class RlsServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = _server_credentials(s)
         address = f"{s.host}:{s.grpc_port}"
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
         self.addresses.append(f"{s.host}:{port}")
         if s.grpc_uds:
             server.add_insecure_port(f"unix:{s.grpc_uds}")

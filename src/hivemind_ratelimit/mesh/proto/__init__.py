@@ -1,0 +1,1 @@
+"""Generated from proto/hivemind/mesh/v1/mesh.proto by `make proto`; do not edit."""

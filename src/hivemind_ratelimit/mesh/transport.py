@@ -1,0 +1,412 @@
+"""gRPC streams that drive the mesh core: listening, dialing, handshakes, a ticker.
+
+Each pair of peers keeps one bidirectional `Connect` stream. Both sides may dial at
+once; the stream dialed by the node with the smaller id wins and the other is closed,
+so both sides keep the same one. The handshake proves the cluster secret when
+`mesh.secret_file` is set: each side sends a fresh nonce and answers the other's with
+HMAC-SHA256(secret, role | nonces). A malformed or unexpected message closes its
+stream (the peer redials and both sides exchange full state again); it never reaches
+the rest of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from hivemind_ratelimit.core.clock import Clock
+from hivemind_ratelimit.errors import SettingsError
+from hivemind_ratelimit.mesh.membership import State
+from hivemind_ratelimit.mesh.proto import mesh_pb2 as pb
+from hivemind_ratelimit.mesh.proto import mesh_pb2_grpc
+from hivemind_ratelimit.mesh.protocol import PROTOCOL_VERSION, MeshCore, Out
+from hivemind_ratelimit.settings import MeshSettings
+
+log = logging.getLogger("hivemind.mesh")
+
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from the type stubs
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 5.0
+QUEUE_LIMIT = 20_000  # messages waiting for a slow peer; past it the stream is dropped
+DIAL_EVERY = 0.5
+RESOLVE_EVERY = 5.0
+MAX_BACKOFF = 10.0
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class HandshakeError(Exception):
+    pass
+
+
+class _Stream(Protocol):
+    async def read(self) -> Any: ...
+    async def write(self, message: Any) -> None: ...
+
+
+def _proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(secret, role + b"|" + first + b"|" + second, hashlib.sha256).digest()
+
+
+class _Link:
+    """One established stream to a peer: a writer task fed by a queue."""
+
+    def __init__(self, peer: str, dialer: str, stream: _Stream, on_bytes: Callable[[int], None]) -> None:
+        self.peer = peer
+        self.dialer = dialer  # node id of the side that dialed
+        self.stream = stream
+        self.queue: asyncio.Queue[pb.Envelope | None] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self._on_bytes = on_bytes
+        self.writer = asyncio.create_task(self._write_loop())
+
+    def send(self, envelope: pb.Envelope) -> None:
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            log.warning("peer %s is not keeping up; dropping its stream", self.peer)
+            self.close()
+            return
+        self.queue.put_nowait(envelope)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                envelope = await self.queue.get()
+                if envelope is None:
+                    return
+                self._on_bytes(envelope.ByteSize())
+                await self.stream.write(envelope)
+        except (grpc.RpcError, asyncio.InvalidStateError, RuntimeError, grpc.aio.UsageError):
+            pass
+        finally:
+            self.closed.set()
+
+    async def flush(self, timeout: float) -> None:
+        self.queue.put_nowait(None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.writer), timeout)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.writer.cancel()
+
+
+class MeshTransport:
+    def __init__(self, core: MeshCore, settings: MeshSettings, clock: Clock) -> None:
+        self.core = core
+        self.settings = settings
+        self.clock = clock
+        self.secret = _read_secret(settings.secret_file)
+        self.links: dict[str, _Link] = {}
+        self.bound_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dialing: set[str] = set()
+        self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
+        self._own_addresses: set[str] = set()
+        self._bootstrap: set[str] = set()
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        server = self._server = grpc.aio.server(options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+        mesh_pb2_grpc.add_MeshServicer_to_server(_Servicer(self), server)
+        credentials = _server_credentials(s)
+        address = f"{s.host}:{s.port}"
+        if credentials is not None:
+            self.bound_port = server.add_secure_port(address, credentials)
+        else:
+            self.bound_port = server.add_insecure_port(address)
+        await server.start()
+        self._tasks.append(asyncio.create_task(self._ticker()))
+        self._tasks.append(asyncio.create_task(self._dialer()))
+
+    async def warm_up(self, timeout: float) -> bool:
+        """Wait until every peer we linked to has sent its full state (bounded)."""
+        if not self.settings.bootstrap_peers:
+            return True
+        deadline = self.clock.now() + timeout
+        while self.clock.now() < deadline:
+            linked = set(self.links)
+            if linked and linked <= self.core.full_state_from:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def leave(self, timeout: float = 2.0) -> None:
+        """Final counts and the leave announcement to every peer, then close."""
+        self._stopping = True
+        self._dispatch(self.core.leave(self.clock.now()))
+        await asyncio.gather(*(link.flush(timeout) for link in list(self.links.values())))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in list(self.links.values()):
+            link.close()
+        if self._server is not None:
+            await self._server.stop(0.5)
+
+    # -- the core's clock --------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = min(self.core.timing.sync_interval, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._dispatch(self.core.tick(self.clock.now()))
+                self._drop_departed()
+            except Exception:  # a bug here must not stop the mesh: log and go on
+                log.exception("mesh tick failed")
+
+    def _dispatch(self, outs: list[Out]) -> None:
+        for peer, envelope in outs:
+            link = self.links.get(peer)
+            if link is not None:
+                link.send(envelope)
+
+    def _drop_departed(self) -> None:
+        for peer in list(self.core.disconnect):
+            link = self.links.get(peer)
+            if link is not None:
+                link.close()
+            self.core.disconnect.discard(peer)
+
+    def _count_sent(self, size: int) -> None:
+        self.core.stats.bytes_sent += size
+
+    # -- dialing -----------------------------------------------------------------------------
+
+    async def _dialer(self) -> None:
+        next_resolve = 0.0
+        while True:
+            now = self.clock.now()
+            if now >= next_resolve:
+                next_resolve = now + RESOLVE_EVERY
+                self._bootstrap = await _resolve(self.settings.bootstrap_peers)
+            for address in self._targets():
+                retry_at, _ = self._backoff.get(address, (0.0, 0.0))
+                if now >= retry_at and address not in self._dialing:
+                    self._dialing.add(address)
+                    self._tasks.append(asyncio.create_task(self._dial(address)))
+            self._tasks = [t for t in self._tasks if not t.done()]
+            await asyncio.sleep(DIAL_EVERY)
+
+    def _targets(self) -> set[str]:
+        linked_addresses = {
+            m.address for p, m in self.core.membership.members.items() if p in self.links and m.address
+        }
+        wanted = {
+            m.address
+            for p, m in self.core.membership.members.items()
+            if m.state in (State.ALIVE, State.SUSPECT) and p not in self.links and m.address
+        }
+        bootstrap = self._bootstrap if not self.links else set()
+        return (wanted | bootstrap) - linked_addresses - self._own_addresses - {self.core.membership.address}
+
+    async def _dial(self, address: str) -> None:
+        channel = _channel(address, self.settings)
+        try:
+            stub = mesh_pb2_grpc.MeshStub(channel)
+            call = stub.Connect()
+            await self._run_dialed(address, call)
+            self._backoff.pop(address, None)
+        except (grpc.RpcError, HandshakeError, TimeoutError, OSError, ValueError) as exc:
+            _, delay = self._backoff.get(address, (0.0, 0.0))
+            delay = min(MAX_BACKOFF, max(0.25, delay * 2))
+            self._backoff[address] = (self.clock.now() + delay, delay)
+            if isinstance(exc, HandshakeError):
+                log.warning("mesh handshake with %s failed: %s", address, exc)
+        finally:
+            self._dialing.discard(address)
+            await channel.close(grace=None)
+
+    async def _run_dialed(self, address: str, call: Any) -> None:
+        nonce = os.urandom(16)
+        await call.write(self.core.hello(nonce=nonce, secret_set=self.secret is not None))
+        reply = await asyncio.wait_for(call.read(), HANDSHAKE_TIMEOUT)
+        if reply is _EOF or reply.WhichOneof("body") != "hello":
+            raise HandshakeError("the peer did not answer with hello")
+        hello = reply.hello
+        if hello.node_id == self.core.node_id:
+            self._own_addresses.add(address)
+            await call.done_writing()
+            return
+        self._check_hello(hello)
+        if self.secret is not None:
+            if not hmac.compare_digest(hello.proof, _proof(self.secret, b"acceptor", nonce, hello.nonce)):
+                self.core.stats.refused += 1
+                raise HandshakeError(f"{hello.node_id} at {address} does not know the cluster secret")
+            await call.write(
+                pb.Envelope(auth=pb.Auth(proof=_proof(self.secret, b"dialer", hello.nonce, nonce)))
+            )
+        else:
+            await call.write(pb.Envelope(auth=pb.Auth()))
+        await self._serve_link(hello, self.core.node_id, call)
+
+    def _check_hello(self, hello: pb.Hello) -> None:
+        if hello.protocol_version != PROTOCOL_VERSION:
+            self.core.stats.refused += 1
+            raise HandshakeError(f"{hello.node_id} speaks protocol {hello.protocol_version}")
+        if hello.secret_set != (self.secret is not None):
+            self.core.stats.refused += 1
+            raise HandshakeError(f"{hello.node_id}: one side has a cluster secret and the other has none")
+        if not hello.node_id:
+            raise HandshakeError("hello without a node id")
+
+    async def accept(self, stream: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        first = await asyncio.wait_for(stream.read(), HANDSHAKE_TIMEOUT)
+        if first is _EOF or first.WhichOneof("body") != "hello":
+            self.core.stats.malformed += 1
+            raise HandshakeError("the first message was not hello")
+        hello = first.hello
+        nonce = os.urandom(16)
+        if hello.node_id == self.core.node_id:
+            await stream.write(self.core.hello(nonce=nonce))
+            return
+        self._check_hello(hello)
+        proof = _proof(self.secret, b"acceptor", hello.nonce, nonce) if self.secret is not None else b""
+        await stream.write(self.core.hello(nonce=nonce, proof=proof, secret_set=self.secret is not None))
+        auth = await asyncio.wait_for(stream.read(), HANDSHAKE_TIMEOUT)
+        if auth is _EOF or auth.WhichOneof("body") != "auth":
+            raise HandshakeError(f"{hello.node_id} did not finish the handshake")
+        if self.secret is not None and not hmac.compare_digest(
+            auth.auth.proof, _proof(self.secret, b"dialer", nonce, hello.nonce)
+        ):
+            self.core.stats.refused += 1
+            log.warning("refused %s (%s): it does not know the cluster secret", hello.node_id, context.peer())
+            raise HandshakeError("wrong cluster secret")
+        await self._serve_link(hello, hello.node_id, stream)
+
+    # -- an established stream ----------------------------------------------------------------
+
+    async def _serve_link(self, hello: pb.Hello, dialer: str, stream: _Stream) -> None:
+        peer = hello.node_id
+        existing = self.links.get(peer)
+        if existing is not None:
+            keep_new = dialer == min(peer, self.core.node_id) and existing.dialer != dialer
+            if not keep_new:
+                return  # the stream we have wins; this one closes
+            existing.close()
+            self.core.link_down(peer)
+        link = _Link(peer, dialer, stream, self._count_sent)
+        self.links[peer] = link
+        now = self.clock.now()
+        self.core._gossip(hello.members, now)
+        self._dispatch(self.core.link_up(peer, hello.incarnation, hello.address, now))
+        log.info("mesh link up: %s (%s)", peer, hello.address)
+        reader = asyncio.create_task(self._read_loop(peer, stream))
+        try:
+            await asyncio.wait(
+                [reader, asyncio.create_task(link.closed.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            reader.cancel()
+            link.close()
+            if self.links.get(peer) is link:
+                del self.links[peer]
+                self.core.link_down(peer)
+                log.info("mesh link down: %s", peer)
+
+    async def _read_loop(self, peer: str, stream: _Stream) -> None:
+        while True:
+            envelope = await stream.read()
+            if envelope is _EOF:
+                return
+            self.core.stats.bytes_received += envelope.ByteSize()
+            try:
+                outs = self.core.receive(peer, envelope, self.clock.now())
+            except (ValueError, KeyError) as exc:
+                self.core.stats.malformed += 1
+                log.warning("closing the stream of %s: bad message: %s", peer, exc)
+                return
+            self._dispatch(outs)
+
+
+class _Servicer(mesh_pb2_grpc.MeshServicer):  # type: ignore[misc]
+    def __init__(self, transport: MeshTransport) -> None:
+        self._transport = transport
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.Envelope], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        try:
+            await self._transport.accept(context, context)
+        except (HandshakeError, TimeoutError) as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass
+
+
+async def _resolve(peers: tuple[str, ...]) -> set[str]:
+    """Every address of every bootstrap name (a headless Service resolves to all pods)."""
+    out: set[str] = set()
+    loop = asyncio.get_running_loop()
+    for peer in peers:
+        host, _, port = peer.rpartition(":")
+        if not host or not port.isdigit():
+            continue
+        try:
+            infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for family, *_, sockaddr in infos:
+            ip = sockaddr[0]
+            out.add(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return out
+
+
+def _read_secret(path: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise SettingsError(f"mesh.secret_file {path}: {exc.strerror or exc}") from exc
+    if not secret:
+        raise SettingsError(f"mesh.secret_file {path} is empty")
+    return secret
+
+
+def _server_credentials(s: MeshSettings) -> grpc.ServerCredentials | None:
+    tls = s.tls
+    if not (tls.cert_file or tls.key_file or tls.ca_file):
+        return None
+    if not (tls.cert_file and tls.key_file and tls.ca_file):
+        raise SettingsError("mesh.tls needs cert_file, key_file and ca_file (mutual TLS)")
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=Path(tls.ca_file).read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def _channel(address: str, s: MeshSettings) -> grpc.aio.Channel:
+    tls = s.tls
+    if tls.cert_file:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls.ca_file).read_bytes(),
+            private_key=Path(tls.key_file).read_bytes(),
+            certificate_chain=Path(tls.cert_file).read_bytes(),
+        )
+        return grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
