@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import time
+from typing import Any
 
 from hivemind_ratelimit import __version__
 from hivemind_ratelimit.admin.http import AdminServer
@@ -82,7 +83,7 @@ class App:
         )
         self.rls = RlsServer(settings.server, self.servicer)
         self.admin: AdminServer | None = None
-        self.mesh: MeshTransport | None = None
+        self.mesh_transport: MeshTransport | None = None
         self.mesh_core: MeshCore | None = None
         self._serving = False
         self._ready = False
@@ -110,6 +111,11 @@ class App:
             rules_loaded=sum(1 for r in rules.walk() if r.limits),
         )
 
+    def mesh(self) -> dict[str, Any] | None:
+        if self.mesh_core is None:
+            return None
+        return self.mesh_core.describe(self.clock.now())
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def _apply_rules(self, rules: RuleSet) -> None:
@@ -134,8 +140,8 @@ class App:
         if rl.watch:
             self._tasks.append(asyncio.create_task(self.reloader.watch(rl.watch_interval, self._stop)))
         self._tasks.append(asyncio.create_task(self._sweep(self._stop)))
-        assert self.mesh is not None
-        warm = await self.mesh.warm_up(self.settings.mesh.warmup_timeout)
+        assert self.mesh_transport is not None
+        warm = await self.mesh_transport.warm_up(self.settings.mesh.warmup_timeout)
         if not warm:
             log.warning(
                 "mesh warm-up incomplete after %.1fs; serving with what arrived",
@@ -168,7 +174,7 @@ class App:
         transport = MeshTransport(core, mesh, self.clock)
         await transport.start()
         core.membership.address = mesh.advertise_address or _advertise(mesh.host, transport.bound_port)
-        self.mesh_core, self.mesh = core, transport
+        self.mesh_core, self.mesh_transport = core, transport
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -194,9 +200,9 @@ class App:
         if self._stop is not None:
             self._stop.set()
         await self.rls.stop(self.settings.server.drain_timeout)
-        if self.mesh is not None:
-            await self.mesh.leave()
-            await self.mesh.stop()
+        if self.mesh_transport is not None:
+            await self.mesh_transport.leave()
+            await self.mesh_transport.stop()
         if self.admin is not None:
             await self.admin.stop()
         for task in self._tasks:

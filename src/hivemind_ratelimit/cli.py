@@ -3,6 +3,7 @@
 hivemind [serve] [--config FILE] [flags]      run the service
 hivemind check-config PATH                    validate rule files, print every problem
 hivemind query --domain D --descriptor k=v    send one ShouldRateLimit, print the answer
+hivemind mesh status [--target HOST:PORT]     the members as a node sees them (its admin port)
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--target", default="127.0.0.1:8081", help="host:port or unix:PATH")
     query.add_argument("--timeout", type=float, default=5.0)
     query.add_argument("--json", action="store_true", help="print the response as proto3 JSON")
+
+    mesh = sub.add_parser("mesh", help="look at the mesh")
+    mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
+    status = mesh_sub.add_parser("status", help="the members as a node sees them")
+    status.add_argument("--target", default="127.0.0.1:8080", help="the node's admin address host:port")
+    status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--json", action="store_true", help="print the raw /mesh JSON")
     return parser
 
 
@@ -86,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "query":
             return _query(args)
+        if args.command == "mesh":
+            return _mesh_status(args)
         return _serve(args)
     except SettingsError as exc:
         print(f"hivemind: {exc}", file=sys.stderr)
@@ -182,6 +192,47 @@ def _query(args: argparse.Namespace) -> int:
         print(f"  header {header.key}: {header.value}")
     if response.HasField("dynamic_metadata"):
         print(f"  metadata {json.dumps(json_format.MessageToDict(response.dynamic_metadata))}")
+    return EXIT_OK
+
+
+def _mesh_status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    target = args.target if "://" in args.target else f"http://{args.target}"
+    try:
+        with urllib.request.urlopen(f"{target}/mesh", timeout=args.timeout) as reply:
+            data = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"hivemind: cannot read {target}/mesh: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    node = data.get("node") or {}
+    print(f"node {node.get('id')} at {node.get('address')} (incarnation {node.get('incarnation')})")
+    columns = ("MEMBER", 24), ("STATE", 8), ("ADDRESS", 22), ("LINK", 5)
+    print(
+        " ".join(f"{name:<{width}}" for name, width in columns)
+        + f" {'HEARD':>8} {'RTT ms':>8} {'OFFSET ms':>10}"
+    )
+    for m in data.get("members", []):
+
+        def num(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        print(
+            f"{m['id']:<24} {m['state']:<8} {m['address']:<22} {'yes' if m['linked'] else 'no':<5} "
+            f"{m['last_heard_seconds_ago']:>7.1f}s {num(m['rtt_ms']):>8} {num(m['clock_offset_ms']):>10}"
+        )
+    sync = data.get("sync", {})
+    sent = sum(sync.get("messages_sent", {}).values())
+    received = sum(sync.get("messages_received", {}).values())
+    print(
+        f"sync: {sent} messages / {sync.get('bytes_sent', 0)} bytes sent, "
+        f"{received} / {sync.get('bytes_received', 0)} received, "
+        f"{sync.get('malformed_messages', 0)} malformed, {sync.get('refused_peers', 0)} refused"
+    )
     return EXIT_OK
 
 

@@ -25,6 +25,12 @@ class InvalidRequest(HivemindError):
     metric_label = "invalid_request"
 
 
+class ListenError(HivemindError):
+    """A port or socket the service should listen on cannot be bound (in use, bad path)."""
+
+    metric_label = "listen"
+
+
 class SettingsError(HivemindError):
     """The service configuration (config.yaml, environment, flags) is invalid."""
 

@@ -5,18 +5,19 @@ GET /ready        200 once rules are loaded and warm-up is done, 503 otherwise
 GET /metrics      Prometheus text exposition
 POST /json        a proto3-JSON RateLimitRequest -> 200 (OK), 429 (OVER_LIMIT), 400 (bad body)
 GET /rlconfig     the loaded rules, one line per rule with its limit
+GET /mesh         this node and every member as it sees them, and sync statistics (JSON)
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import json_format
 
-from hivemind_ratelimit.errors import HivemindError
+from hivemind_ratelimit.errors import HivemindError, ListenError
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
 from hivemind_ratelimit.rules.model import RuleSet
 from hivemind_ratelimit.telemetry import prometheus
@@ -39,6 +40,8 @@ class NodeView(Protocol):
 
     def gauges(self) -> prometheus.Gauges: ...
 
+    def mesh(self) -> dict[str, Any] | None: ...
+
 
 class AdminServer:
     def __init__(self, host: str, port: int, servicer: RateLimitServicer, node: NodeView) -> None:
@@ -51,6 +54,7 @@ class AdminServer:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/json", self.json)
         app.router.add_get("/rlconfig", self.rlconfig)
+        app.router.add_get("/mesh", self.mesh)
         self.app = app
         self._runner: web.AppRunner | None = None
         self.bound_port = 0
@@ -59,7 +63,13 @@ class AdminServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_port=False)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ListenError(
+                f"cannot listen for admin HTTP on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
@@ -80,12 +90,18 @@ class AdminServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = prometheus.render(self.servicer.stats, self.node.gauges())
+        mesh = self.node.mesh()
+        if mesh is not None:
+            body += prometheus.render_mesh(mesh)
         return web.Response(
             text=body,
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
         )
+
+    async def mesh(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.mesh() or {"node": None, "members": []})
 
     async def rlconfig(self, request: web.Request) -> web.Response:
         rules = self.node.rules()

@@ -110,6 +110,7 @@ class MeshCore:
         self.links: set[str] = set()
         self.full_state_from: set[str] = set()  # peers whose full state arrived (warm-up)
         self.disconnect: set[str] = set()  # dead or departed peers the transport should drop
+        self.events: list[Change] = []  # membership changes, for the transport to log
         self.awareness = 0
         self.left = False
         self._next_sync = 0.0
@@ -141,7 +142,7 @@ class MeshCore:
         self.links.add(peer)
         self.disconnect.discard(peer)
         self._changes(self._opt(self.membership.heard_from(peer, incarnation, address, now)))
-        return [(peer, envelope) for envelope in self.full_state()]
+        return [self._out(peer, envelope) for envelope in self.full_state()]
 
     def link_down(self, peer: str) -> None:
         self.links.discard(peer)
@@ -271,6 +272,7 @@ class MeshCore:
 
     def _changes(self, changes: Iterable[Change]) -> None:
         for change in changes:
+            self.events.append(change)
             if change.state in (State.DEAD, State.LEFT):
                 self.disconnect.add(change.node_id)
                 # What the member counted stays in every counter (its slots are kept);
@@ -429,6 +431,61 @@ class MeshCore:
             stats.count(stats.limits, domain, counter.limit)
             stats.count(stats.over_admitted, domain, max(0, admitted - counter.limit))
         return dropped
+
+    def describe(self, now: float) -> dict[str, object]:
+        """This node and every member as it sees them, for /mesh and `hivemind mesh status`."""
+        m = self.membership
+        members = []
+        for member in sorted(m.members.values(), key=lambda x: x.node_id):
+            members.append(
+                {
+                    "id": member.node_id,
+                    "address": member.address,
+                    "state": member.state.name.lower(),
+                    "incarnation": member.incarnation,
+                    "linked": member.node_id in self.links,
+                    "last_heard_seconds_ago": round(max(0.0, now - member.last_heard), 3),
+                    "rtt_ms": None if member.rtt is None else round(member.rtt * 1000, 3),
+                    "clock_offset_ms": None
+                    if member.clock_offset is None
+                    else round(member.clock_offset * 1000, 3),
+                    "sync_lag_ms": (
+                        None
+                        if member.node_id not in self.stats.sync_lag
+                        else round(self.stats.sync_lag[member.node_id] * 1000, 3)
+                    ),
+                }
+            )
+        st = self.stats
+        return {
+            "node": {
+                "id": self.node_id,
+                "address": m.address,
+                "incarnation": m.incarnation,
+                "slot": self.slot,
+                "awareness": self.awareness,
+            },
+            "members": members,
+            "sync": {
+                "messages_sent": dict(st.sent),
+                "messages_received": dict(st.received),
+                "bytes_sent": st.bytes_sent,
+                "bytes_received": st.bytes_received,
+                "malformed_messages": st.malformed,
+                "refused_peers": st.refused,
+                "dropped_counters": st.dropped_counters,
+                "sync_interval_ms": self.timing.sync_interval * 1000,
+            },
+            "accuracy": {
+                domain: {
+                    "windows_closed": st.windows_closed.get(domain, 0),
+                    "admitted": st.admitted.get(domain, 0),
+                    "limits": st.limits.get(domain, 0),
+                    "over_admitted": st.over_admitted.get(domain, 0),
+                }
+                for domain in sorted(st.windows_closed)
+            },
+        }
 
     def _out(self, peer: str, envelope: pb.Envelope) -> Out:
         self.stats.count(self.stats.sent, envelope.WhichOneof("body") or "empty")

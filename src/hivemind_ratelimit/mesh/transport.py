@@ -183,6 +183,24 @@ class MeshTransport:
             link = self.links.get(peer)
             if link is not None:
                 link.send(envelope)
+        if self.core.events:
+            events, self.core.events = self.core.events, []
+            for change in events:
+                if change.node_id == self.core.node_id:
+                    log.warning(
+                        "refuted a rumour that this node is %s (incarnation now %d)",
+                        change.previous.name.lower() if change.previous else "?",
+                        change.incarnation,
+                    )
+                else:
+                    log.info(
+                        "member %s: %s -> %s (incarnation %d, %s)",
+                        change.node_id,
+                        change.previous.name.lower() if change.previous else "new",
+                        change.state.name.lower(),
+                        change.incarnation,
+                        change.address,
+                    )
 
     def _drop_departed(self) -> None:
         for peer in list(self.core.disconnect):

@@ -15,7 +15,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hivemind_ratelimit.errors import HivemindError, SettingsError
+from hivemind_ratelimit.errors import HivemindError, ListenError, SettingsError
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
 from hivemind_ratelimit.settings import ServerSettings
 
@@ -67,13 +67,22 @@ class RlsServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = _server_credentials(s)
         address = f"{s.host}:{s.grpc_port}"
-        port = (
-            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        )
-        self.addresses.append(f"{s.host}:{port}")
-        if s.grpc_uds:
-            server.add_insecure_port(f"unix:{s.grpc_uds}")
-            self.addresses.append(f"unix:{s.grpc_uds}")
+        try:
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
+            )
+            self.addresses.append(f"{s.host}:{port}")
+            if s.grpc_uds:
+                address = f"unix:{s.grpc_uds}"
+                server.add_insecure_port(address)
+                self.addresses.append(address)
+        except RuntimeError:  # grpcio says only "Failed to bind to address ..."
+            # Stop it here: a server left for the garbage collector outlives the event loop.
+            await server.stop(None)
+            self._server = None
+            raise ListenError(f"cannot listen for gRPC on {address} (in use, or not allowed)") from None
         await self.set_serving(False)
         await server.start()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from hivemind_ratelimit.telemetry.stats import ServiceStats
 
@@ -112,4 +113,79 @@ def render(stats: ServiceStats, gauges: Gauges) -> str:
         "The loaded rule set's version.",
         [(_labels(version=gauges.config_version), 1)],
     )
+    return "\n".join(lines) + "\n"
+
+
+def render_mesh(mesh: dict[str, Any]) -> str:
+    """Mesh metrics from the node's description (mesh/protocol.py `describe`)."""
+    members = mesh["members"]
+    sync = mesh["sync"]
+    states: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+    for member in members:
+        states[member["state"]] = states.get(member["state"], 0) + 1
+    lines: list[str] = []
+    lines += _family(
+        "hivemind_mesh_members",
+        "gauge",
+        "Peers by state, as this node sees them.",
+        [(_labels(state=s), n) for s, n in sorted(states.items())],
+    )
+    lines += _family(
+        "hivemind_mesh_messages_sent_total",
+        "counter",
+        "Peer messages sent, by kind.",
+        [(_labels(kind=k), n) for k, n in sorted(sync["messages_sent"].items())],
+    )
+    lines += _family(
+        "hivemind_mesh_messages_received_total",
+        "counter",
+        "Peer messages received, by kind.",
+        [(_labels(kind=k), n) for k, n in sorted(sync["messages_received"].items())],
+    )
+    lines += _family(
+        "hivemind_mesh_sent_bytes_total", "counter", "Peer protocol bytes sent.", [("", sync["bytes_sent"])]
+    )
+    lines += _family(
+        "hivemind_mesh_received_bytes_total",
+        "counter",
+        "Peer protocol bytes received.",
+        [("", sync["bytes_received"])],
+    )
+    lines += _family(
+        "hivemind_mesh_malformed_messages_total",
+        "counter",
+        "Peer streams closed for a malformed or unexpected message.",
+        [("", sync["malformed_messages"])],
+    )
+    lines += _family(
+        "hivemind_mesh_refused_peers_total",
+        "counter",
+        "Handshakes refused (wrong secret, protocol version).",
+        [("", sync["refused_peers"])],
+    )
+    for name, field, help_text in (
+        (
+            "hivemind_mesh_sync_lag_seconds",
+            "sync_lag_ms",
+            "Age of the last sync message from a peer on arrival.",
+        ),
+        ("hivemind_mesh_clock_offset_seconds", "clock_offset_ms", "How far a peer's clock is ahead of ours."),
+        ("hivemind_mesh_rtt_seconds", "rtt_ms", "Round-trip time of the last probe of a peer."),
+    ):
+        samples = [(_labels(peer=m["id"]), m[field] / 1000) for m in members if m[field] is not None]
+        lines += _family(name, "gauge", help_text, samples)
+    accuracy = mesh["accuracy"]
+    for name, field, help_text in (
+        ("hivemind_mesh_windows_closed_total", "windows_closed", "Shared counter windows closed."),
+        ("hivemind_mesh_admitted_total", "admitted", "Hits admitted cluster-wide in closed windows."),
+        ("hivemind_mesh_limit_total", "limits", "Sum of the limits of closed windows."),
+        (
+            "hivemind_mesh_over_admitted_total",
+            "over_admitted",
+            "Hits admitted beyond the limit in closed windows.",
+        ),
+    ):
+        lines += _family(
+            name, "counter", help_text, [(_labels(domain=d), a[field]) for d, a in sorted(accuracy.items())]
+        )
     return "\n".join(lines) + "\n"
