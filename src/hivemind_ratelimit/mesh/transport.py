@@ -119,6 +119,7 @@ class MeshTransport:
         self._dialing: set[str] = set()
         self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
         self._own_addresses: set[str] = set()
+        self._address_peer: dict[str, str] = {}  # dialed address -> the node that answered
         self._bootstrap: set[str] = set()
         self._stopping = False
 
@@ -230,16 +231,24 @@ class MeshTransport:
             await asyncio.sleep(DIAL_EVERY)
 
     def _targets(self) -> set[str]:
-        linked_addresses = {
-            m.address for p, m in self.core.membership.members.items() if p in self.links and m.address
-        }
+        """Addresses to dial: members we should be linked to, and the bootstrap names.
+
+        Dead members are dialed too (with backoff): after a partition heals, the two
+        sides find each other again this way, and the member that was declared dead
+        refutes it with a higher incarnation once it sees the news in our full state.
+        Members that left are not dialed; a restarted node comes back with a new
+        incarnation through its own bootstrap.
+        """
+        members = self.core.membership.members
+        linked = {m.address for p, m in members.items() if p in self.links and m.address}
         wanted = {
             m.address
-            for p, m in self.core.membership.members.items()
-            if m.state in (State.ALIVE, State.SUSPECT) and p not in self.links and m.address
+            for p, m in members.items()
+            if m.state is not State.LEFT and p not in self.links and m.address
         }
-        bootstrap = self._bootstrap if not self.links else set()
-        return (wanted | bootstrap) - linked_addresses - self._own_addresses - {self.core.membership.address}
+        linked |= {a for a, p in self._address_peer.items() if p in self.links}
+        own = self._own_addresses | {self.core.membership.address}
+        return (wanted | self._bootstrap) - linked - own
 
     async def _dial(self, address: str) -> None:
         channel = _channel(address, self.settings)
@@ -265,6 +274,7 @@ class MeshTransport:
         if reply is _EOF or reply.WhichOneof("body") != "hello":
             raise HandshakeError("the peer did not answer with hello")
         hello = reply.hello
+        self._address_peer[address] = hello.node_id
         if hello.node_id == self.core.node_id:
             self._own_addresses.add(address)
             await call.done_writing()
