@@ -53,7 +53,8 @@ class App:
         self.stats = ServiceStats()
         self.mesh_stats = MeshStats()
         self.store = CounterStore(rl.max_counters)
-        self.cluster = ClusterView(self.node_id)
+        # Demand fades with a half-life of two sync intervals: skew is learned fast.
+        self.cluster = ClusterView(self.node_id, self.clock, half_life=2 * mesh.sync_interval)
         # Counters outlive their window long enough for the last peer updates to land.
         grace = max(2.0, 5 * mesh.sync_interval)
         self.timing = Timing(

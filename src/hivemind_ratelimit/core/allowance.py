@@ -14,6 +14,10 @@ import hashlib
 import math
 from collections.abc import Mapping
 
+from hivemind_ratelimit.core.clock import Clock
+
+DEMAND_EPSILON = 0.01  # hits/s below which demand counts as none
+
 
 def _tiebreak(key: str, node: str) -> bytes:
     return hashlib.blake2b(f"{key}\0{node}".encode(), digest_size=8).digest()
@@ -43,35 +47,82 @@ def split(remaining: int, demands: Mapping[str, float], key: str) -> dict[str, i
 
 class ClusterView:
     """What the limiter knows of the cluster for bounded counters: who is live and
-    how much demand each member reported per counter key.
+    how much demand each member has for each counter key.
 
-    The mesh keeps it up to date; the limiter only reads it. With no live peers a
-    node is alone and every budget is its own.
+    Demand is an exponentially decaying rate (hits per second): every report is a
+    value and the time it was true, and every reader decays it by the time since, with
+    the same half-life. So a node that stops seeing traffic need not send anything for
+    its demand to fade, and the mesh only works on keys that saw traffic. With no live
+    peers a node is alone and every budget is its own.
     """
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, clock: Clock, half_life: float = 0.04) -> None:
         self.node_id = node_id
+        self.clock = clock
+        self.half_life = half_life
         self.members: set[str] = set()  # live peers (alive or suspect), never this node
-        self.own_demand: dict[str, float] = {}  # key -> smoothed hits/s seen here
-        self.peer_demand: dict[str, dict[str, float]] = {}  # key -> peer -> reported hits/s
+        self.own_demand: dict[str, tuple[float, float]] = {}  # key -> (hits/s, as of)
+        self.peer_demand: dict[str, dict[str, tuple[float, float]]] = {}  # key -> peer -> (hits/s, as of)
 
     @property
     def active(self) -> bool:
         return bool(self.members)
 
+    def _decayed(self, entry: tuple[float, float] | None, now: float) -> float:
+        if entry is None:
+            return 0.0
+        rate, since = entry
+        return float(rate * 0.5 ** (max(0.0, now - since) / self.half_life))
+
+    def own(self, key: str) -> float:
+        return self._decayed(self.own_demand.get(key), self.clock.now())
+
+    def record(self, key: str, hits: int) -> float:
+        """This node saw `hits` on `key` just now; returns its demand to report."""
+        now = self.clock.now()
+        # Each hit adds ln2/half_life to the rate, so a steady r hits/s settles at r.
+        rate = self._decayed(self.own_demand.get(key), now) + hits * math.log(2) / self.half_life
+        self.own_demand[key] = (rate, now)
+        return rate
+
+    def reported(self, key: str, peer: str, rate: float) -> None:
+        """`peer` reported its demand for `key` (as of now, in our clock)."""
+        table = self.peer_demand.get(key)
+        if rate > DEMAND_EPSILON:
+            if table is None:
+                table = self.peer_demand[key] = {}
+            table[peer] = (rate, self.clock.now())
+        elif table is not None:
+            table.pop(peer, None)
+            if not table:
+                del self.peer_demand[key]
+
     def demands(self, key: str) -> dict[str, float]:
-        out = {self.node_id: self.own_demand.get(key, 0.0)}
+        now = self.clock.now()
+        out = {self.node_id: self._decayed(self.own_demand.get(key), now)}
         reported = self.peer_demand.get(key, {})
         for member in self.members:
-            out[member] = reported.get(member, 0.0)
+            out[member] = self._decayed(reported.get(member), now)
         return out
 
     def is_new(self, key: str) -> bool:
-        """No member has reported demand for this key (it was idle for a whole window)."""
-        if self.own_demand.get(key, 0.0) > 0.0:
-            return False
-        reported = self.peer_demand.get(key)
-        return not reported or not any(reported.get(m, 0.0) > 0.0 for m in self.members)
+        """No live member has demand for this key (it has been idle a long while)."""
+        return all(d <= DEMAND_EPSILON for d in self.demands(key).values())
 
     def allowance(self, key: str, remaining: int) -> int:
         return split(remaining, self.demands(key), key)[self.node_id]
+
+    def forget_idle(self) -> int:
+        """Drop demand that has faded; returns how many entries went."""
+        now = self.clock.now()
+        dropped = 0
+        for key in [k for k, e in self.own_demand.items() if self._decayed(e, now) <= DEMAND_EPSILON]:
+            del self.own_demand[key]
+            dropped += 1
+        for key, table in list(self.peer_demand.items()):
+            for peer in [p for p, e in table.items() if self._decayed(e, now) <= DEMAND_EPSILON]:
+                del table[peer]
+                dropped += 1
+            if not table:
+                del self.peer_demand[key]
+        return dropped

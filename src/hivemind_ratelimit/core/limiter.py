@@ -156,14 +156,28 @@ class Limiter:
 
         default_hits = max(request.hits_addend, 1)
         any_over = False
+        # Hits that earlier descriptors of this request will add to the same counter (two
+        # descriptors can share one, e.g. through share_threshold): the reference counts
+        # them one after the other, so the later descriptor sees the earlier one's hits.
+        pending: dict[int, int] = {}
         for plan, descriptor in zip(plans, request.descriptors, strict=True):
             if plan is None or not plan.limits or plan.limits[0].unlimited:
                 continue
             hits = descriptor.hits_addend if descriptor.hits_addend is not None else default_hits
+            mine: set[int] = set()  # limits of one window length share one counter
             for limit in plan.limits:
                 check = self._evaluate(domain.name, plan.counter_path, limit, hits, now)
+                if check.counter is not None:
+                    earlier = pending.get(id(check.counter), 0)
+                    if earlier:
+                        check.before += earlier
+                        check.after += earlier
+                        check.over = check.over or check.after > limit.requests_per_unit
+                    mine.add(id(check.counter))
                 plan.checks.append(check)
                 any_over = any_over or check.over
+            for counter_id in mine:
+                pending[counter_id] = pending.get(counter_id, 0) + hits
 
         commit = not (any_over and self.options.stop_increment_when_over_limit)
         decision = Decision(Code.OK, [])
@@ -221,8 +235,11 @@ class Limiter:
         counter = self.store.get_or_create(key, start, length, retain, now)
         reset = seconds_until_reset(now, length)
         if counter is None:
-            over = self.options.on_counter_overflow is OverflowPolicy.DENY
-            return _Check(limit, None, 0, 0 if not over else limit.requests_per_unit + 1, over, reset)
+            if self.options.on_counter_overflow is OverflowPolicy.DENY:
+                # As if the window were already full: every hit of the request is over limit.
+                full = limit.requests_per_unit
+                return _Check(limit, None, full, full + hits, True, reset)
+            return _Check(limit, None, 0, 0, False, reset)
         counter.limit = limit.requests_per_unit
         mode = limit.consistency or self.options.default_consistency
         if mode is Consistency.LOCAL:
@@ -258,10 +275,12 @@ class Limiter:
         self, domain: str, plan: _Plan, hits: int, commit: bool, index: int, decision: Decision
     ) -> DescriptorStatus:
         dirty = self.store.dirty
+        done: set[int] = set()  # two limits of one window length share a counter: add once
         for check in plan.checks:
             counter = check.counter
-            if counter is None:
+            if counter is None or id(counter) in done:
                 continue
+            done.add(id(counter))
             if commit and hits and check.count:
                 counter.own += hits
                 if not check.over:

@@ -68,6 +68,26 @@ class Counter:
             out[own_slot] = self.admitted
         return out
 
+    def merge_slot(self, slot: Slot, count: int, admitted: int) -> bool:
+        """Merge one peer slot (the common case: a delta); True when the count rose."""
+        remote = self.remote
+        if remote is None:
+            remote = self.remote = {}
+            self.admitted_remote = {}
+        old = remote.get(slot, 0)
+        if admitted:
+            admitted_remote = self.admitted_remote
+            if admitted_remote is None:
+                admitted_remote = self.admitted_remote = {}
+            if admitted > admitted_remote.get(slot, 0):
+                admitted_remote[slot] = admitted
+        if count <= old:
+            return False
+        remote[slot] = count
+        self.remote_total += count - old
+        self.allowance = -1
+        return True
+
     def merge_admitted(self, slots: Mapping[Slot, int], own_slot: Slot) -> None:
         incoming = dict(slots)
         mine = incoming.pop(own_slot, 0)

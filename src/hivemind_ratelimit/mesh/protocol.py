@@ -32,10 +32,8 @@ from hivemind_ratelimit.mesh.membership import Change, Membership, State
 from hivemind_ratelimit.mesh.proto import mesh_pb2 as pb
 
 PROTOCOL_VERSION = 1
-MAX_COUNTERS_PER_MESSAGE = 1000
-DEMAND_ALPHA = 0.5  # weight of the newest interval in the smoothed demand
-DEMAND_EPSILON = 0.01  # hits/s below which demand is forgotten
-DEMAND_CHANGE = 0.2  # relative change that is worth telling peers about
+MAX_COUNTERS_PER_MESSAGE = 1000  # per full-state batch
+MAX_DELTAS_PER_MESSAGE = 5000  # per sync message (columnar, ~60 bytes each)
 INDIRECT_PROBES = 3
 MAX_AWARENESS = 8
 
@@ -150,7 +148,7 @@ class MeshCore:
 
     def full_state(self) -> list[pb.Envelope]:
         members = [_member(c) for c in self.membership.snapshot()]
-        states = [self._state(c, full=True) for c in self.store if c.shared]
+        states = [self._state(c) for c in self.store if c.shared]
         out = []
         for batch in _batches(states):
             out.append(pb.Envelope(full_state=pb.FullState(counters=batch)))
@@ -175,6 +173,8 @@ class MeshCore:
             sync = envelope.sync
             if sync.sent_unix_ns:
                 self.stats.sync_lag[peer] = max(0.0, now - sync.sent_unix_ns / 1e9)
+            if sync.HasField("deltas"):
+                self._merge_deltas(peer, sync.deltas, now)
             self._merge(peer, sync.counters, now)
             self._gossip(sync.members, now)
             return []
@@ -236,7 +236,7 @@ class MeshCore:
     def _merge(self, peer: str, states: Iterable[pb.CounterState], now: float) -> None:
         grace = self.timing.grace
         for state in states:
-            self._peer_demand(peer, state.key, state.demand)
+            self.cluster.reported(state.key, peer, state.demand)
             if not state.slots:
                 continue
             retain = state.window_start + state.length * max(1, state.retain_windows) + grace
@@ -254,16 +254,37 @@ class MeshCore:
             if state.admitted:
                 counter.merge_admitted({s.id: s.count for s in state.admitted}, self.slot)
 
-    def _peer_demand(self, peer: str, key: str, demand: float) -> None:
-        table = self.cluster.peer_demand.get(key)
-        if demand > DEMAND_EPSILON:
-            if table is None:
-                table = self.cluster.peer_demand[key] = {}
-            table[peer] = demand
-        elif table is not None:
-            table.pop(peer, None)
-            if not table:
-                del self.cluster.peer_demand[key]
+    def _merge_deltas(self, peer: str, deltas: pb.Deltas, now: float) -> None:
+        slot = deltas.slot
+        if not slot or slot == self.slot:
+            raise ValueError("deltas without a peer slot")
+        columns = (
+            deltas.keys,
+            deltas.window_starts,
+            deltas.lengths,
+            deltas.counts,
+            deltas.admitted,
+            deltas.demands,
+            deltas.limits,
+            deltas.retain_windows,
+        )
+        size = len(deltas.keys)
+        if any(len(column) != size for column in columns):
+            raise ValueError("deltas with columns of different lengths")
+        grace = self.timing.grace
+        store, reported = self.store, self.cluster.reported
+        for key, start, length, count, admitted, demand, limit, windows in zip(*columns, strict=True):
+            reported(key, peer, demand)
+            retain = start + length * max(1, windows) + grace
+            if retain <= now or length <= 0:
+                continue
+            counter = store.get(key, start) or store.get_or_create(key, start, length, retain, now)
+            if counter is None:
+                self.stats.dropped_counters += 1
+                continue
+            if limit and not counter.limit:
+                counter.limit = limit
+            counter.merge_slot(slot, count, admitted)
 
     def _gossip(self, members: Iterable[pb.Member], now: float) -> None:
         for m in members:
@@ -299,56 +320,61 @@ class MeshCore:
         return out
 
     def _sync(self, now: float) -> list[Out]:
-        states = self._deltas()
+        deltas = self._deltas()
         members = [_member(c) for c in self.membership.drain_gossip()]
-        if not (states or members) or not self.links:
+        if not (deltas or members) or not self.links:
             return []
-        envelopes = [pb.Envelope(sync=pb.Sync(counters=b, sent_unix_ns=_ns(now))) for b in _batches(states)]
+        sent = _ns(now)
+        envelopes = [pb.Envelope(sync=pb.Sync(deltas=d, sent_unix_ns=sent)) for d in deltas]
         if not envelopes:
-            envelopes.append(pb.Envelope(sync=pb.Sync(sent_unix_ns=_ns(now))))
+            envelopes.append(pb.Envelope(sync=pb.Sync(sent_unix_ns=sent)))
         envelopes[0].sync.members.extend(members)
         return [self._out(peer, envelope) for envelope in envelopes for peer in sorted(self.links)]
 
-    def _deltas(self) -> list[pb.CounterState]:
-        """Counters whose own slot changed since the last tick, and demand updates."""
+    def _deltas(self) -> list[pb.Deltas]:
+        """Counters whose own slot changed since the last tick, with this node's demand.
+
+        Work is proportional to the counters that changed, not to all live counters:
+        demand that is not refreshed fades by itself on every node (core/allowance.py).
+        """
         dirty, self.store.dirty = self.store.dirty, set()
         seen: dict[str, int] = {}
-        states: dict[str, list[pb.CounterState]] = {}
+        changed = []
         for counter in dirty:
             if not counter.shared:
                 continue
             seen[counter.key] = seen.get(counter.key, 0) + counter.seen
             counter.seen = 0
             counter.allowance = -1  # our own view changed: recompute at next use
-            states.setdefault(counter.key, []).append(self._state(counter, full=False))
-        own = self.cluster.own_demand
-        interval = self.timing.sync_interval
-        out: list[pb.CounterState] = []
-        for key in set(own) | set(seen):
-            before = own.get(key, 0.0)
-            now_rate = DEMAND_ALPHA * (seen.get(key, 0) / interval) + (1 - DEMAND_ALPHA) * before
-            if now_rate < DEMAND_EPSILON and key not in seen:
-                del own[key]
-                now_rate = 0.0
-            else:
-                own[key] = now_rate
-            key_states = states.pop(key, None)
-            if key_states is not None:
-                for state in key_states:
-                    state.demand = now_rate
-                out.extend(key_states)
-            elif now_rate == 0.0 or abs(now_rate - before) > DEMAND_CHANGE * before:
-                out.append(pb.CounterState(key=key, demand=now_rate))  # demand only
+            changed.append(counter)
+        if not changed:
+            return []
+        demand = {key: self.cluster.record(key, hits) for key, hits in seen.items()}
+        out = []
+        for first in range(0, len(changed), MAX_DELTAS_PER_MESSAGE):
+            batch = changed[first : first + MAX_DELTAS_PER_MESSAGE]
+            out.append(
+                pb.Deltas(
+                    slot=self.slot,
+                    keys=[c.key for c in batch],
+                    window_starts=[c.window_start for c in batch],
+                    lengths=[c.length for c in batch],
+                    counts=[c.own for c in batch],
+                    admitted=[c.admitted for c in batch],
+                    demands=[demand[c.key] for c in batch],
+                    limits=[c.limit for c in batch],
+                    retain_windows=[
+                        2 if c.retain_until - c.window_start > 1.5 * c.length else 1 for c in batch
+                    ],
+                )
+            )
         return out
 
-    def _state(self, counter: Counter, *, full: bool) -> pb.CounterState:
+    def _state(self, counter: Counter) -> pb.CounterState:
+        """A counter with all its slots, for a full state."""
         own_slot = self.slot
-        if full:
-            slots = counter.slots(own_slot)
-            admitted = counter.admitted_slots(own_slot)
-        else:
-            slots = {own_slot: counter.own}
-            admitted = {own_slot: counter.admitted}
+        slots = counter.slots(own_slot)
+        admitted = counter.admitted_slots(own_slot)
         retain_windows = 2 if counter.retain_until - counter.window_start > 1.5 * counter.length else 1
         return pb.CounterState(
             key=counter.key,
@@ -356,7 +382,7 @@ class MeshCore:
             length=counter.length,
             slots=[pb.Slot(id=s, count=n) for s, n in slots.items()],
             admitted=[pb.Slot(id=s, count=n) for s, n in admitted.items() if n],
-            demand=self.cluster.own_demand.get(counter.key, 0.0),
+            demand=self.cluster.own(counter.key),
             retain_windows=retain_windows,
             limit=counter.limit,
         )
@@ -420,6 +446,7 @@ class MeshCore:
         """Drop ended counters; measure each closed window's merged total against its limit."""
         closed: list[Counter] = []
         dropped = self.store.expire(now, closed)
+        self.cluster.forget_idle()
         stats = self.stats
         for counter in closed:
             if not counter.shared or not counter.limit:

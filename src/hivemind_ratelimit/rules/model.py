@@ -144,4 +144,5 @@ EMPTY_RULESET = RuleSet(domains={}, version="empty", sources=())
 
 def wildcard_pattern(value: str) -> re.Pattern[str]:
     """`*` matches any run of characters (also none), anywhere, any number of times."""
-    return re.compile("".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", value)))
+    parts = (".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", value))
+    return re.compile("".join(parts), re.DOTALL)

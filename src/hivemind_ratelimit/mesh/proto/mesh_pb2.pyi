@@ -84,15 +84,39 @@ class CounterState(_message.Message):
     limit: int
     def __init__(self, key: _Optional[str] = ..., window_start: _Optional[int] = ..., length: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., demand: _Optional[float] = ..., retain_windows: _Optional[int] = ..., admitted: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., limit: _Optional[int] = ...) -> None: ...
 
+class Deltas(_message.Message):
+    __slots__ = ("slot", "keys", "window_starts", "lengths", "counts", "admitted", "demands", "limits", "retain_windows")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_STARTS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_FIELD_NUMBER: _ClassVar[int]
+    DEMANDS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    slot: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    window_starts: _containers.RepeatedScalarFieldContainer[int]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    admitted: _containers.RepeatedScalarFieldContainer[int]
+    demands: _containers.RepeatedScalarFieldContainer[float]
+    limits: _containers.RepeatedScalarFieldContainer[int]
+    retain_windows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, slot: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., window_starts: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., admitted: _Optional[_Iterable[int]] = ..., demands: _Optional[_Iterable[float]] = ..., limits: _Optional[_Iterable[int]] = ..., retain_windows: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class Sync(_message.Message):
-    __slots__ = ("counters", "members", "sent_unix_ns")
+    __slots__ = ("counters", "members", "sent_unix_ns", "deltas")
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     counters: _containers.RepeatedCompositeFieldContainer[CounterState]
     members: _containers.RepeatedCompositeFieldContainer[Member]
     sent_unix_ns: int
-    def __init__(self, counters: _Optional[_Iterable[_Union[CounterState, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., sent_unix_ns: _Optional[int] = ...) -> None: ...
+    deltas: Deltas
+    def __init__(self, counters: _Optional[_Iterable[_Union[CounterState, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., sent_unix_ns: _Optional[int] = ..., deltas: _Optional[_Union[Deltas, _Mapping]] = ...) -> None: ...
 
 class FullState(_message.Message):
     __slots__ = ("counters", "members", "last")
