@@ -89,7 +89,7 @@ class App:
         self._serving = False
         self._ready = False
         self._stop: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # -- NodeView for the admin endpoint ---------------------------------------------------
 
@@ -196,7 +196,8 @@ class App:
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING first, in-flight calls finish, then close everything."""
-        log.info("draining (up to %.1fs)", self.settings.server.drain_timeout)
+        if self._serving:
+            log.info("draining (up to %.1fs)", self.settings.server.drain_timeout)
         self._serving = False
         if self._stop is not None:
             self._stop.set()
@@ -211,13 +212,21 @@ class App:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("stopped")
 
+    def _reload_on_signal(self) -> None:
+        task = asyncio.create_task(self.reloader.reload_async("SIGHUP"))
+        self._tasks.append(task)
+
     async def serve_forever(self) -> None:
         """Start, wait for SIGTERM/SIGINT (SIGHUP reloads), drain, stop."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # close whatever had started before the failure
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reloader.reload("SIGHUP"))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         try:
             await self.wait()
         finally:

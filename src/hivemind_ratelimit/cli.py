@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hivemind: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuleConfigError as exc:
-        print(f"hivemind: invalid rules ({len(exc.problems)} problems):", file=sys.stderr)
+        count = len(exc.problems)
+        print(f"hivemind: invalid rules ({count} problem{'s' if count != 1 else ''}):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_ERROR
@@ -109,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hivemind: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `hivemind query ... | head -1`
+        sys.stderr.close()
         return EXIT_OK
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hivemind_ratelimit.errors import SettingsError
 from hivemind_ratelimit.rules.model import Consistency
@@ -48,6 +56,16 @@ class ServerTls(_Section):
     cert_file: str = ""
     key_file: str = ""
     client_ca_file: str = ""  # set: clients must present a certificate signed by it (mTLS)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ServerTls:
+        if (self.cert_file or self.key_file or self.client_ca_file) and not (
+            self.cert_file and self.key_file
+        ):
+            raise ValueError(
+                "TLS needs both cert_file and key_file (client_ca_file adds client certificates)"
+            )
+        return self
 
 
 class RequestLimits(_Section):
@@ -112,6 +130,16 @@ class RateLimitingSettings(_Section):
 
 class ObservabilitySettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        # envoyproxy/ratelimit users write LOG_LEVEL=WARN; accept any case and "warn".
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "warning" if value == "warn" else value
+        return value
+
     log_format: Literal["text", "json"] = "text"
     otlp_endpoint: str = ""
     trace_sample_ratio: float = Field(0.01, ge=0.0, le=1.0)

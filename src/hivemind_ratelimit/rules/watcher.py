@@ -21,7 +21,7 @@ from hivemind_ratelimit.telemetry.stats import ServiceStats
 
 log = logging.getLogger("hivemind.rules")
 
-Fingerprint = tuple[tuple[str, str, int, int], ...]
+Fingerprint = tuple[tuple[str, str, int, int, int, int], ...]
 
 
 def fingerprint(path: Path) -> Fingerprint:
@@ -35,9 +35,10 @@ def fingerprint(path: Path) -> Fingerprint:
             real = os.path.realpath(file)
             st = os.stat(real)
         except OSError:
-            items.append((str(file), "", -1, -1))
+            items.append((str(file), "", -1, -1, -1, -1))
             continue
-        items.append((str(file), real, st.st_size, st.st_mtime_ns))
+        # The inode and change time also catch a same-size rewrite within one mtime tick.
+        items.append((str(file), real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     return tuple(items)
 
 
@@ -72,6 +73,10 @@ class RuleReloader:
     def reload(self, reason: str) -> bool:
         """Parse and swap; on any problem keep the rules in force. True when in force now."""
         return self._accept(self._parse(), reason)
+
+    async def reload_async(self, reason: str) -> bool:
+        """As reload, parsing off the event loop (a large rule set takes a while)."""
+        return self._accept(await asyncio.to_thread(self._parse), reason)
 
     def _parse(self) -> RuleSet | RuleConfigError:
         self._fingerprint = fingerprint(self.path)
@@ -109,5 +114,4 @@ class RuleReloader:
                 pass
             current = await asyncio.to_thread(fingerprint, self.path)
             if current != self._fingerprint:
-                # Parse off the event loop (a large rule set takes a while), swap on it.
-                self._accept(await asyncio.to_thread(self._parse), "file change")
+                await self.reload_async("file change")
