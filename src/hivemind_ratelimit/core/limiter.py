@@ -85,7 +85,8 @@ class Decision:
     statuses: list[DescriptorStatus]
     headers: list[tuple[str, str]] = field(default_factory=list)
     quota_violations: list[int] = field(default_factory=list)
-    quota_mode: bool = False
+    quota_mode: bool = False  # a quota-mode rule took part (the reference's quotaModeEnabled)
+    quota_descriptors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,10 @@ class Limiter:
             hits = descriptor.hits_addend if descriptor.hits_addend is not None else default_hits
             decision.statuses.append(self._commit(domain.name, plan, hits, commit, index, decision))
 
-        if any(s.code is Code.OVER_LIMIT for s in decision.statuses):
+        # Quota mode (as the reference since its "all limits exceeded" fix): quota rules
+        # over their limit let the request through, unless every one of them is over.
+        all_quota_over = 0 < decision.quota_descriptors == len(decision.quota_violations)
+        if all_quota_over or any(s.code is Code.OVER_LIMIT for s in decision.statuses):
             if self.options.shadow_mode:
                 self.stats.global_shadow_mode += 1
             else:
@@ -299,10 +303,12 @@ class Limiter:
         stats = self.stats.rule(domain, plan.stats_key)
         self._count(stats, check, hits)
         limit = CurrentLimit(check.limit.requests_per_unit, check.limit.unit, check.limit.name)
+        if rule is not None and rule.quota_mode:
+            decision.quota_mode = True
+            decision.quota_descriptors += 1
         if not check.over:
             return DescriptorStatus(Code.OK, limit, check.remaining, check.reset)
         if rule is not None and rule.quota_mode:
-            decision.quota_mode = True
             decision.quota_violations.append(index)
             return DescriptorStatus(Code.OK, limit, 0, check.reset)
         if rule is not None and rule.shadow_mode:
