@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 
 from hivemind_ratelimit.core.clock import Clock
+from hivemind_ratelimit.core.store import Counter
 
 DEMAND_EPSILON = 0.01  # hits/s below which demand counts as none
 
@@ -24,22 +25,31 @@ def _tiebreak(key: str, node: str) -> bytes:
 
 
 def split(remaining: int, demands: Mapping[str, float], key: str) -> dict[str, int]:
-    """Whole-hit shares of `remaining` for each member in `demands` (member -> demand)."""
+    """Whole-hit shares of `remaining` for each member in `demands` (member -> demand).
+
+    Every member gets one hit while `remaining` allows it, the rest in proportion to
+    demand; the shares always add up to exactly `remaining` (or 0 when it is spent).
+    """
     members = sorted(demands)
     if not members:
         return {}
     if remaining <= 0:
         return dict.fromkeys(members, 0)
+    # A floor of one hit each while the budget allows: demand estimated from sparse
+    # traffic is noise, and a member with a tiny share would refuse hits the budget
+    # still has room for. The rest is split by demand.
+    base = 1 if remaining >= len(members) else 0
+    rest = remaining - base * len(members)
     weights = {m: max(demands[m], 0.0) for m in members}
     total = sum(weights.values())
     if total <= 0.0:
         weights = dict.fromkeys(members, 1.0)
         total = float(len(members))
-    raw = {m: remaining * weights[m] / total for m in members}
-    shares = {m: math.floor(raw[m]) for m in members}
+    raw = {m: rest * weights[m] / total for m in members}
+    shares = {m: base + math.floor(raw[m]) for m in members}
     leftover = remaining - sum(shares.values())
     if leftover > 0:
-        order = sorted(members, key=lambda m: (-(raw[m] - shares[m]), _tiebreak(key, m)))
+        order = sorted(members, key=lambda m: (-(raw[m] - math.floor(raw[m])), _tiebreak(key, m)))
         for m in order[:leftover]:
             shares[m] += 1
     return shares
@@ -61,6 +71,10 @@ class ClusterView:
         self.clock = clock
         self.half_life = half_life
         self.members: set[str] = set()  # live peers (alive or suspect), never this node
+        # Live members we cannot hear from (suspect, or no stream): their demand is frozen
+        # and their shares stay reserved until they are back or declared dead.
+        self.unreachable: frozenset[str] = frozenset()
+        self.unreachable_gen = 0
         self.own_demand: dict[str, tuple[float, float]] = {}  # key -> (hits/s, as of)
         self.peer_demand: dict[str, dict[str, tuple[float, float]]] = {}  # key -> peer -> (hits/s, as of)
 
@@ -73,6 +87,11 @@ class ClusterView:
             return 0.0
         rate, since = entry
         return float(rate * 0.5 ** (max(0.0, now - since) / self.half_life))
+
+    def set_unreachable(self, members: frozenset[str]) -> None:
+        if members != self.unreachable:
+            self.unreachable = members
+            self.unreachable_gen += 1
 
     def own(self, key: str) -> float:
         return self._decayed(self.own_demand.get(key), self.clock.now())
@@ -101,8 +120,13 @@ class ClusterView:
         now = self.clock.now()
         out = {self.node_id: self._decayed(self.own_demand.get(key), now)}
         reported = self.peer_demand.get(key, {})
+        unreachable = self.unreachable
         for member in self.members:
-            out[member] = self._decayed(reported.get(member), now)
+            entry = reported.get(member)
+            if member in unreachable:
+                out[member] = entry[0] if entry is not None else 0.0  # frozen, not faded
+            else:
+                out[member] = self._decayed(entry, now)
         return out
 
     def is_new(self, key: str) -> bool:
@@ -111,6 +135,24 @@ class ClusterView:
 
     def allowance(self, key: str, remaining: int) -> int:
         return split(remaining, self.demands(key), key)[self.node_id]
+
+    def allowance_for(self, counter: Counter, remaining: int) -> int:
+        """This node's allowance on `counter`, keeping unreachable members' shares.
+
+        While some members are unreachable, their shares of the budget as it stood when
+        this counter first noticed are set aside once (`counter.reserved`), and only the
+        rest is split among the members we hear from. Re-splitting the whole remainder at
+        every merge would hand the reachable side the others' shares bit by bit.
+        """
+        if not self.unreachable:
+            return self.allowance(counter.key, remaining)
+        demands = self.demands(counter.key)
+        if counter.reserve_gen != self.unreachable_gen:
+            shares = split(remaining, demands, counter.key)
+            counter.reserved = sum(shares[m] for m in self.unreachable if m in shares)
+            counter.reserve_gen = self.unreachable_gen
+        reachable = {m: d for m, d in demands.items() if m not in self.unreachable}
+        return split(remaining - counter.reserved, reachable, counter.key)[self.node_id]
 
     def forget_idle(self) -> int:
         """Drop demand that has faded; returns how many entries went."""

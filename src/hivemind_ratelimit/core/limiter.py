@@ -20,11 +20,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Any, NamedTuple
 
 from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock
 from hivemind_ratelimit.core.store import Counter, CounterStore
-from hivemind_ratelimit.core.windows import Unit, seconds_until_reset, sliding_weight_count, window_start
+from hivemind_ratelimit.core.windows import Unit, sliding_weight_count
 from hivemind_ratelimit.rules import matcher
 from hivemind_ratelimit.rules.model import EMPTY_RULESET, Algorithm, Consistency, Domain, Limit, Rule, RuleSet
 from hivemind_ratelimit.telemetry.stats import RuleStats, ServiceStats
@@ -46,15 +47,15 @@ class OverflowPolicy(StrEnum):
     DENY = "deny"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestDescriptor:
+# Request, RequestDescriptor and DescriptorStatus are named tuples: made on every call,
+# and a tuple is the cheapest immutable record to build.
+class RequestDescriptor(NamedTuple):
     entries: tuple[tuple[str, str], ...]
     override: tuple[int, Unit] | None = None  # (requests_per_unit, unit) from Envoy
     hits_addend: int | None = None  # the descriptor's own hits_addend, when set
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     domain: str
     descriptors: tuple[RequestDescriptor, ...]
     hits_addend: int = 0
@@ -67,8 +68,7 @@ class CurrentLimit:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class DescriptorStatus:
+class DescriptorStatus(NamedTuple):
     code: Code
     limit: CurrentLimit | None = None
     remaining: int = 0
@@ -100,31 +100,64 @@ class LimiterOptions:
     grace_seconds: float = 2.0  # counters outlive their window by this much
 
 
-@dataclass(slots=True)
+class _Spec:
+    """One limit of a resolved descriptor, with everything a decision needs precomputed."""
+
+    __slots__ = ("current", "key", "length", "limit", "mode", "near", "retain", "rps", "sliding")
+
+    def __init__(self, domain: str, path: str, limit: Limit, options: LimiterOptions) -> None:
+        self.limit = limit
+        self.length = length = 0 if limit.unlimited else limit.window_seconds
+        self.key = f"{domain}{KEY_SEPARATOR}{path}{KEY_SEPARATOR}{length}"
+        self.sliding = sliding = limit.algorithm is Algorithm.SLIDING_WINDOW
+        self.retain = length * (2 if sliding else 1)  # + window start + grace
+        self.mode = limit.consistency or options.default_consistency
+        self.rps = limit.requests_per_unit
+        self.near = math.floor(limit.requests_per_unit * options.near_limit_ratio)
+        self.current = CurrentLimit(limit.requests_per_unit, limit.unit, limit.name)
+
+
+class _Resolved:
+    """What a descriptor's entries resolve to: immutable, cached per rule set."""
+
+    __slots__ = ("replaces", "rule", "specs", "stats_key")
+
+    def __init__(
+        self, domain: str, rule: Rule | None, limits: tuple[Limit, ...], path: str, stats_key: str,
+        options: LimiterOptions,
+    ) -> None:  # fmt: skip
+        self.rule = rule
+        self.stats_key = stats_key
+        self.specs = tuple(_Spec(domain, path, limit, options) for limit in limits)
+        self.replaces = frozenset(name for limit in limits for name in limit.replaces)
+
+
 class _Check:
     """One limit of one descriptor, evaluated."""
 
-    limit: Limit
-    counter: Counter | None  # None: the store is full (overflow)
-    before: int
-    after: int
-    over: bool
-    reset: int
-    count: bool = True  # add the hits to this node's slot (False: refused by the allowance)
-    spend: bool = False  # bounded mode: the hits spend this node's allowance
+    __slots__ = ("after", "before", "count", "counter", "over", "reset", "spec", "spend")
+
+    def __init__(
+        self, spec: _Spec, counter: Counter | None, before: int, after: int, over: bool, reset: int,
+        count: bool = True, spend: bool = False,
+    ) -> None:  # fmt: skip
+        self.spec = spec
+        self.counter = counter  # None: the store is full (overflow)
+        self.before = before
+        self.after = after
+        self.over = over
+        self.reset = reset
+        self.count = count  # add the hits to this node's slot (False: refused by the allowance)
+        self.spend = spend  # bounded mode: the hits spend this node's allowance
 
     @property
     def remaining(self) -> int:
-        return 0 if self.over else max(self.limit.requests_per_unit - self.after, 0)
+        return 0 if self.over else max(self.spec.rps - self.after, 0)
 
 
-@dataclass(slots=True)
-class _Plan:
-    rule: Rule | None  # None for a request override
-    limits: tuple[Limit, ...]
-    counter_path: str
-    stats_key: str
-    checks: list[_Check] = field(default_factory=list)
+# Resolved descriptors cached per limiter; the cache is dropped whole when full or when
+# the rules (or options) change. Big enough for the hot keys, small next to the store.
+RESOLVE_CACHE_SIZE = 16_384
 
 
 class Limiter:
@@ -144,16 +177,40 @@ class Limiter:
         self.options = options or LimiterOptions()
         self.rules = rules  # swapped whole on reload; read once per decision
         self.cluster = cluster  # None: a single node, nothing is shared
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], _Resolved | None] = {}
+        self._cache_for: tuple[RuleSet, LimiterOptions] | None = None
 
     def decide(self, request: Request) -> Decision:
         rules = self.rules
+        descriptors = request.descriptors
         domain = rules.domains.get(request.domain)
         if domain is None:
             self.stats.domain_not_found += 1
-            return Decision(Code.OK, [STATUS_NO_LIMIT] * len(request.descriptors))
+            return Decision(Code.OK, [STATUS_NO_LIMIT] * len(descriptors))
+        options = self.options
+        cache = self._cache
+        if self._cache_for is None or self._cache_for[0] is not rules or self._cache_for[1] is not options:
+            cache.clear()
+            self._cache_for = (rules, options)
         now = self.clock.now()
-        plans = [self._resolve(domain.name, domain, d) for d in request.descriptors]
-        self._apply_replaces(plans)
+        name = domain.name
+        resolved: list[_Resolved | None] = []
+        replacing = False
+        for descriptor in descriptors:
+            if descriptor.override is not None and descriptor.override[1] is not Unit.UNKNOWN:
+                found: _Resolved | None = self._override(name, descriptor)
+            else:
+                ckey = (name, descriptor.entries)
+                found = cache.get(ckey, _MISSING)
+                if found is _MISSING:
+                    found = self._resolve(domain, descriptor.entries)
+                    if len(cache) >= RESOLVE_CACHE_SIZE:
+                        cache.clear()
+                    cache[ckey] = found
+            if found is not None and found.replaces:
+                replacing = True
+            resolved.append(found)
+        filtered = _apply_replaces(resolved) if replacing else None
 
         default_hits = max(request.hits_addend, 1)
         any_over = False
@@ -161,130 +218,149 @@ class Limiter:
         # descriptors can share one, e.g. through share_threshold): the reference counts
         # them one after the other, so the later descriptor sees the earlier one's hits.
         pending: dict[int, int] = {}
-        for plan, descriptor in zip(plans, request.descriptors, strict=True):
-            if plan is None or not plan.limits or plan.limits[0].unlimited:
+        # (index, resolved, hits, checks) of each descriptor with a limit to count.
+        work: list[tuple[int, _Resolved, int, list[_Check]]] = []
+        statuses = [STATUS_NO_LIMIT] * len(descriptors)
+        for index, found in enumerate(resolved):
+            if found is None:
                 continue
+            specs = found.specs if filtered is None else filtered[index]
+            if not specs:
+                continue
+            if specs[0].limit.unlimited:
+                statuses[index] = STATUS_UNLIMITED
+                continue
+            descriptor = descriptors[index]
             hits = descriptor.hits_addend if descriptor.hits_addend is not None else default_hits
-            mine: set[int] = set()  # limits of one window length share one counter
-            for limit in plan.limits:
-                check = self._evaluate(domain.name, plan.counter_path, limit, hits, now)
-                if check.counter is not None:
-                    earlier = pending.get(id(check.counter), 0)
-                    if earlier:
-                        check.before += earlier
-                        check.after += earlier
-                        check.over = check.over or check.after > limit.requests_per_unit
-                    mine.add(id(check.counter))
-                plan.checks.append(check)
-                any_over = any_over or check.over
-            for counter_id in mine:
-                pending[counter_id] = pending.get(counter_id, 0) + hits
+            checks = []
+            mine: list[int] = []  # limits of one window length share one counter
+            for spec in specs:
+                check = self._evaluate(spec, hits, now)
+                counter = check.counter
+                if counter is not None:
+                    cid = id(counter)
+                    if pending:
+                        earlier = pending.get(cid, 0)
+                        if earlier:
+                            check.before += earlier
+                            check.after += earlier
+                            check.over = check.over or check.after > spec.rps
+                    if cid not in mine:
+                        mine.append(cid)
+                checks.append(check)
+                if check.over:
+                    any_over = True
+            work.append((index, found, hits, checks))
+            for cid in mine:
+                pending[cid] = pending.get(cid, 0) + hits
 
-        commit = not (any_over and self.options.stop_increment_when_over_limit)
-        decision = Decision(Code.OK, [])
-        for index, (plan, descriptor) in enumerate(zip(plans, request.descriptors, strict=True)):
-            if plan is None or not plan.limits:
-                decision.statuses.append(STATUS_NO_LIMIT)
-                continue
-            if plan.limits[0].unlimited:
-                decision.statuses.append(STATUS_UNLIMITED)
-                continue
-            hits = descriptor.hits_addend if descriptor.hits_addend is not None else default_hits
-            decision.statuses.append(self._commit(domain.name, plan, hits, commit, index, decision))
+        commit = not (any_over and options.stop_increment_when_over_limit)
+        decision = Decision(Code.OK, statuses)
+        over_limit = False
+        for index, found, hits, checks in work:
+            status = self._commit(name, found, checks, hits, commit, index, decision)
+            if status.code is Code.OVER_LIMIT:
+                over_limit = True
+            statuses[index] = status
 
         # Quota mode (as the reference since its "all limits exceeded" fix): quota rules
         # over their limit let the request through, unless every one of them is over.
         all_quota_over = 0 < decision.quota_descriptors == len(decision.quota_violations)
-        if all_quota_over or any(s.code is Code.OVER_LIMIT for s in decision.statuses):
-            if self.options.shadow_mode:
+        if all_quota_over or over_limit:
+            if options.shadow_mode:
                 self.stats.global_shadow_mode += 1
             else:
                 decision.overall = Code.OVER_LIMIT
-        if self.options.response_headers:
-            decision.headers = _headers(decision.statuses)
+        if options.response_headers:
+            decision.headers = _headers(statuses)
         return decision
 
     # -- step 1 ------------------------------------------------------------------------
 
-    def _resolve(self, domain_name: str, domain: Domain, descriptor: RequestDescriptor) -> _Plan | None:
-        entries = descriptor.entries
-        if descriptor.override is not None and descriptor.override[1] is not Unit.UNKNOWN:
-            requests, unit = descriptor.override
-            path = matcher.COUNTER_SEPARATOR.join(f"{k}={v}" for k, v in entries)
-            # Keys only: request values would make the metric's cardinality unbounded.
-            stats_key = ".".join([domain_name, *(k for k, _ in entries)])
-            return _Plan(None, (Limit(requests, unit),), path, stats_key)
+    def _resolve(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
         match = matcher.find(domain, entries)
         if match is None:
             return None
-        return _Plan(match.rule, match.rule.limits, match.counter_path, match.stats_key)
+        rule = match.rule
+        return _Resolved(domain.name, rule, rule.limits, match.counter_path, match.stats_key, self.options)
 
-    @staticmethod
-    def _apply_replaces(plans: Sequence[_Plan | None]) -> None:
-        replaced = {name for p in plans if p is not None for lim in p.limits for name in lim.replaces}
-        if not replaced:
-            return
-        for plan in plans:
-            if plan is not None:
-                plan.limits = tuple(lim for lim in plan.limits if not (lim.name and lim.name in replaced))
+    def _override(self, domain_name: str, descriptor: RequestDescriptor) -> _Resolved:
+        assert descriptor.override is not None
+        requests, unit = descriptor.override
+        entries = descriptor.entries
+        path = matcher.COUNTER_SEPARATOR.join(f"{k}={v}" for k, v in entries)
+        # Keys only: request values would make the metric's cardinality unbounded.
+        stats_key = ".".join([domain_name, *(k for k, _ in entries)])
+        return _Resolved(domain_name, None, (Limit(requests, unit),), path, stats_key, self.options)
 
     # -- step 2 ------------------------------------------------------------------------
 
-    def _evaluate(self, domain: str, path: str, limit: Limit, hits: int, now: float) -> _Check:
-        length = limit.window_seconds
-        start = window_start(now, length)
-        key = f"{domain}{KEY_SEPARATOR}{path}{KEY_SEPARATOR}{length}"
-        sliding = limit.algorithm is Algorithm.SLIDING_WINDOW
-        retain = start + length * (2 if sliding else 1) + self.options.grace_seconds
-        counter = self.store.get_or_create(key, start, length, retain, now)
-        reset = seconds_until_reset(now, length)
+    def _evaluate(self, spec: _Spec, hits: int, now: float) -> _Check:
+        length = spec.length
+        start = int(now // length) * length  # window_start()
+        key = spec.key
+        counter = self.store.get_or_create(
+            key, start, length, start + spec.retain + self.options.grace_seconds, now
+        )
+        reset = length - int(now) % length  # seconds_until_reset()
+        rps = spec.rps
         if counter is None:
             if self.options.on_counter_overflow is OverflowPolicy.DENY:
                 # As if the window were already full: every hit of the request is over limit.
-                full = limit.requests_per_unit
-                return _Check(limit, None, full, full + hits, True, reset)
-            return _Check(limit, None, 0, 0, False, reset)
-        counter.limit = limit.requests_per_unit
-        mode = limit.consistency or self.options.default_consistency
+                return _Check(spec, None, rps, rps + hits, True, reset)
+            return _Check(spec, None, 0, 0, False, reset)
+        counter.limit = rps
+        mode = spec.mode
         if mode is Consistency.LOCAL:
             counter.shared = False
-        before = counter.total
-        if sliding:
+        before = counter.own + counter.remote_total
+        if spec.sliding:
             previous = self.store.get(key, start - length)
             if previous is not None:
                 before = sliding_weight_count(previous.total, before, now, start, length)
         after = before + hits
-        over = after > limit.requests_per_unit
+        over = after > rps
         cluster = self.cluster
         if over or mode is not Consistency.BOUNDED or cluster is None or not cluster.active:
-            return _Check(limit, counter, before, after, over, reset)
+            return _Check(spec, counter, before, after, over, reset)
         # Bounded: within the global limit, but this node may only spend its allowance,
         # a share of the budget left at the last merge (core/allowance.py).
         if counter.allowance < 0:
-            counter.allowance = cluster.allowance(key, limit.requests_per_unit - before)
+            counter.allowance = cluster.allowance_for(counter, rps - before)
             counter.spent = 0
             counter.fresh = cluster.is_new(key)
         if counter.spent + hits <= counter.allowance:
-            return _Check(limit, counter, before, after, False, reset, spend=True)
+            return _Check(spec, counter, before, after, False, reset, spend=True)
         if counter.fresh and counter.allowance == 0 and counter.spent == 0 and hits <= 1:
             # Cold start: demand is not known yet; one hit per member may pass.
-            return _Check(limit, counter, before, after, False, reset, spend=True)
+            return _Check(spec, counter, before, after, False, reset, spend=True)
         # Refused by the allowance while the global count is under the limit: not
         # counted, or refused hits would eat the budget the busy node needs.
-        return _Check(limit, counter, before, after, True, reset, count=False)
+        return _Check(spec, counter, before, after, True, reset, count=False)
 
     # -- step 3 ------------------------------------------------------------------------
 
     def _commit(
-        self, domain: str, plan: _Plan, hits: int, commit: bool, index: int, decision: Decision
+        self,
+        domain: str,
+        resolved: _Resolved,
+        checks: list[_Check],
+        hits: int,
+        commit: bool,
+        index: int,
+        decision: Decision,
     ) -> DescriptorStatus:
         dirty = self.store.dirty
-        done: set[int] = set()  # two limits of one window length share a counter: add once
-        for check in plan.checks:
+        overflow = False
+        done: list[int] = []  # two limits of one window length share a counter: add once
+        for check in checks:
             counter = check.counter
-            if counter is None or id(counter) in done:
+            if counter is None:
+                overflow = True
                 continue
-            done.add(id(counter))
+            if done and id(counter) in done:
+                continue
+            done.append(id(counter))
             if commit and hits and check.count:
                 counter.own += hits
                 if not check.over:
@@ -294,36 +370,42 @@ class Limiter:
             if counter.shared and hits:
                 counter.seen += hits
                 dirty.add(counter)
-        if any(c.counter is None for c in plan.checks):
+        if overflow:
             self.stats.counter_overflow += 1
         # The most restrictive limit: the first one over, else the one with least left.
-        over = [c for c in plan.checks if c.over]
-        check = over[0] if over else min(plan.checks, key=lambda c: c.remaining)
-        rule = plan.rule
-        stats = self.stats.rule(domain, plan.stats_key)
+        if len(checks) == 1:
+            check = checks[0]
+        else:
+            over = [c for c in checks if c.over]
+            check = over[0] if over else min(checks, key=lambda c: c.remaining)
+        rule = resolved.rule
+        stats = self.stats.rule(domain, resolved.stats_key)
         self._count(stats, check, hits)
-        limit = CurrentLimit(check.limit.requests_per_unit, check.limit.unit, check.limit.name)
+        spec = check.spec
         if rule is not None and rule.quota_mode:
             decision.quota_mode = True
             decision.quota_descriptors += 1
         if not check.over:
-            return DescriptorStatus(Code.OK, limit, check.remaining, check.reset)
+            return DescriptorStatus(Code.OK, spec.current, max(spec.rps - check.after, 0), check.reset)
         if rule is not None and rule.quota_mode:
             decision.quota_violations.append(index)
-            return DescriptorStatus(Code.OK, limit, 0, check.reset)
+            return DescriptorStatus(Code.OK, spec.current, 0, check.reset)
         if rule is not None and rule.shadow_mode:
             stats.shadow_mode += hits
-            return DescriptorStatus(Code.OK, limit, 0, check.reset)
-        return DescriptorStatus(Code.OVER_LIMIT, limit, 0, check.reset)
+            return DescriptorStatus(Code.OK, spec.current, 0, check.reset)
+        return DescriptorStatus(Code.OVER_LIMIT, spec.current, 0, check.reset)
 
-    def _count(self, stats: RuleStats, check: _Check, hits: int) -> None:
+    @staticmethod
+    def _count(stats: RuleStats, check: _Check, hits: int) -> None:
         """Per-rule stats, split the way envoyproxy/ratelimit splits them."""
-        limit = check.limit.requests_per_unit
-        near = math.floor(limit * self.options.near_limit_ratio)
+        limit = check.spec.rps
+        near = check.spec.near
         before, after = check.before, check.after
         stats.total_hits += hits
         if check.over:
-            if before >= limit:
+            if before >= limit or after <= limit:
+                # Wholly over; or refused by this node's bounded allowance (the global
+                # count was still within the limit): every hit of the request is over.
                 stats.over_limit += hits
             else:
                 stats.over_limit += after - limit
@@ -332,6 +414,18 @@ class Limiter:
             if after > near:
                 stats.near_limit += hits if before >= near else after - near
             stats.within_limit += hits
+
+
+_MISSING: Any = object()
+
+
+def _apply_replaces(resolved: Sequence[_Resolved | None]) -> list[tuple[_Spec, ...]]:
+    """Each descriptor's limits without those another descriptor `replaces` by name."""
+    replaced = {name for r in resolved if r is not None for name in r.replaces}
+    return [
+        () if r is None else tuple(s for s in r.specs if not (s.limit.name and s.limit.name in replaced))
+        for r in resolved
+    ]
 
 
 def _headers(statuses: Sequence[DescriptorStatus]) -> list[tuple[str, str]]:

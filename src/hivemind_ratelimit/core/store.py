@@ -32,6 +32,8 @@ class Counter:
         "own",
         "remote",
         "remote_total",
+        "reserve_gen",
+        "reserved",
         "retain_until",
         "seen",
         "shared",
@@ -53,6 +55,8 @@ class Counter:
         self.allowance = -1  # bounded mode: hits this node may admit since the last merge; -1 stale
         self.spent = 0  # hits admitted against `allowance`
         self.fresh = False  # the counter was new to the cluster when `allowance` was computed
+        self.reserved = 0  # hits kept for unreachable members (bounded mode, see allowance.py)
+        self.reserve_gen = -1  # the ClusterView.unreachable generation `reserved` was computed for
         # Admitted hits per slot (a second G-counter), to measure over-admission per window.
         self.limit = 0
         self.admitted = 0

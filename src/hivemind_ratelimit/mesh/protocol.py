@@ -145,6 +145,7 @@ class MeshCore:
     def link_down(self, peer: str) -> None:
         self.links.discard(peer)
         self.full_state_from.discard(peer)
+        self._refresh_cluster()
 
     def full_state(self) -> list[pb.Envelope]:
         members = [_member(c) for c in self.membership.snapshot()]
@@ -292,13 +293,24 @@ class MeshCore:
             self._changes(self._opt(change))
 
     def _changes(self, changes: Iterable[Change]) -> None:
+        changed = False
         for change in changes:
+            changed = True
             self.events.append(change)
             if change.state in (State.DEAD, State.LEFT):
                 self.disconnect.add(change.node_id)
                 # What the member counted stays in every counter (its slots are kept);
                 # only its share of future budgets is released.
-        self.cluster.members = set(self.membership.live())
+        if changed:  # the live set moves only with a change; recomputing it per gossiped member is O(n²)
+            self._refresh_cluster()
+
+    def _refresh_cluster(self) -> None:
+        live = self.membership.live()
+        self.cluster.members = set(live)
+        members = self.membership.members
+        self.cluster.set_unreachable(
+            frozenset(m for m in live if m not in self.links or members[m].state is State.SUSPECT)
+        )
 
     @staticmethod
     def _opt(change: Change | None) -> list[Change]:
