@@ -140,6 +140,7 @@ class MeshCore:
         self.links.add(peer)
         self.disconnect.discard(peer)
         self._changes(self._opt(self.membership.heard_from(peer, incarnation, address, now)))
+        self._refresh_cluster()  # reachable again, even when its membership did not change
         return [self._out(peer, envelope) for envelope in self.full_state()]
 
     def link_down(self, peer: str) -> None:

@@ -33,6 +33,7 @@ from hivemind_ratelimit.core.clock import ManualClock
 from hivemind_ratelimit.core.gcounter import Slot
 from hivemind_ratelimit.core.limiter import Decision, Limiter, LimiterOptions, Request, RequestDescriptor
 from hivemind_ratelimit.core.store import CounterId, CounterStore
+from hivemind_ratelimit.mesh.membership import State
 from hivemind_ratelimit.mesh.proto import mesh_pb2 as pb
 from hivemind_ratelimit.mesh.protocol import MeshCore, MeshStats, Out, Timing
 from hivemind_ratelimit.rules.loader import load_texts
@@ -67,14 +68,8 @@ class SimNode:
         self.cluster = ClusterView(self.node_id, net.clock, half_life=2 * net.timing.sync_interval)
         self.stats = ServiceStats()
         options = LimiterOptions(default_consistency=net.consistency, grace_seconds=net.timing.grace)
-        self.limiter = Limiter(
-            store=self.store,
-            clock=net.clock,
-            stats=self.stats,
-            options=options,
-            rules=net.rules,
-            cluster=self.cluster,
-        )
+        self.limiter = Limiter(store=self.store, clock=net.clock, stats=self.stats, options=options)
+        self.limiter.rules, self.limiter.cluster = net.rules, self.cluster
         self.core = MeshCore(
             node_id=self.node_id,
             boot=boot,
@@ -114,6 +109,7 @@ class SimNetwork:
         break_on_loss: bool = True,
         max_counters: int = 100_000,
         start: float = START,
+        formed: bool = True,
     ) -> None:
         self.seed = seed
         self.timing = timing
@@ -140,6 +136,8 @@ class SimNetwork:
         tick = min(timing.sync_interval, 0.05)  # the transport's ticker
         for node in self.nodes:
             self._start_ticks(node, self.rng.random() * tick)
+        if formed:
+            self._form()
         self._at(start, self._dialer)
         self._at(start + SWEEP_EVERY, self._sweeper)
 
@@ -208,11 +206,7 @@ class SimNetwork:
         self._send(node, node.core.leave(self.clock.now()))
         pairs = [p for p in self.links if i in p]
         last = max((self._arrival.get(p, 0.0) for p in pairs), default=0.0)
-        self._at(max(last, self.clock.now()) + 1e-6, lambda: self._stop(node))
-
-    def _stop(self, node: SimNode) -> None:
-        if node.running and self.nodes[node.index] is node:
-            self.crash(node.index)
+        self._at(max(last, self.clock.now()) + 1e-6, lambda: self.crash(i) if self.nodes[i] is node else None)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -244,6 +238,28 @@ class SimNetwork:
     def converged(self, key_prefix: str) -> bool:
         views = [v for v in self.views(key_prefix) if v is not None]
         return all(v == views[0] for v in views)
+
+    def _form(self) -> None:
+        """Start as a formed mesh: everyone knows everyone alive, linked, gossip spent.
+
+        That is where the real handshakes end up (the stores are empty, so the full
+        states would carry only the member lists), without their O(n³) member entries.
+        """
+        now = self.clock.now()
+        for node in self.nodes:
+            core = node.core
+            for other in self.nodes:
+                if other is not node:
+                    core.membership.apply(
+                        other.node_id, other.boot, other.core.membership.address, State.ALIVE, now
+                    )
+                    core.links.add(other.node_id)
+                    core.full_state_from.add(other.node_id)
+                    if node.index < other.index:
+                        self._stream += 1
+                        self.links[(node.index, other.index)] = self._stream
+            core.membership.drain_gossip()
+            core._refresh_cluster()
 
     # -- the scheduler ---------------------------------------------------------------
 
@@ -289,8 +305,8 @@ class SimNetwork:
         return self.link_faults.get(pair, self.faults)
 
     def _dial_from(self, node: SimNode) -> None:
-        """As the transport: every member but those that left, and the bootstrap names,
-        which resolve to every node; only what is reachable gets through."""
+        """As the transport: the bootstrap name resolves to every node; the crashed,
+        departed and partitioned ones do not answer."""
         if len(node.core.links) < len(self.nodes) - 1:
             for target in range(len(self.nodes)):
                 if target != node.index:
