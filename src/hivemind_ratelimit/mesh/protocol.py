@@ -284,6 +284,8 @@ class MeshCore:
             if counter is None:
                 self.stats.dropped_counters += 1
                 continue
+            if retain > counter.retain_until:
+                counter.retain_until = retain
             if limit and not counter.limit:
                 counter.limit = limit
             counter.merge_slot(slot, count, admitted)
