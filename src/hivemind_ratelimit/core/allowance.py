@@ -66,10 +66,11 @@ class ClusterView:
     peers a node is alone and every budget is its own.
     """
 
-    def __init__(self, node_id: str, clock: Clock, half_life: float = 0.04) -> None:
+    def __init__(self, node_id: str, clock: Clock, half_life: float = 0.04, lease: float = 0.06) -> None:
         self.node_id = node_id
         self.clock = clock
         self.half_life = half_life
+        self.lease = lease  # how long an allowance may be spent before it is recomputed
         self.members: set[str] = set()  # live peers (alive or suspect), never this node
         # Live members we cannot hear from (suspect, or no stream): their demand is frozen
         # and their shares stay reserved until they are back or declared dead.
@@ -137,22 +138,41 @@ class ClusterView:
         return split(remaining, self.demands(key), key)[self.node_id]
 
     def allowance_for(self, counter: Counter, remaining: int) -> int:
-        """This node's allowance on `counter`, keeping unreachable members' shares.
+        """This node's allowance on `counter`: its share, within the budget nobody holds.
+
+        The share is this node's part of the split of everything left (so the shares of
+        nodes that share a view add up to at most the remainder). An allowance is also a
+        lease: its holder may spend it for `lease` seconds and reports what is left of
+        it with its deltas, and peers keep that much aside for as long (`counter.leases`).
+        The share is capped by the budget that no peer holds, so a node never takes hits
+        another node may still be spending — which re-splitting the whole remainder at
+        every merge, on views a sync interval apart, would do.
 
         While some members are unreachable, their shares of the budget as it stood when
         this counter first noticed are set aside once (`counter.reserved`), and only the
-        rest is split among the members we hear from. Re-splitting the whole remainder at
-        every merge would hand the reachable side the others' shares bit by bit.
+        rest is split among the members we hear from.
         """
+        now = self.clock.now()
+        counter.lease_until = now + self.lease
+        held = 0
+        leases = counter.leases
+        if leases:
+            for slot, (unspent, until) in list(leases.items()):
+                if until > now:
+                    held += unspent
+                else:
+                    del leases[slot]
         if not self.unreachable:
-            return self.allowance(counter.key, remaining)
-        demands = self.demands(counter.key)
-        if counter.reserve_gen != self.unreachable_gen:
-            shares = split(remaining, demands, counter.key)
-            counter.reserved = sum(shares[m] for m in self.unreachable if m in shares)
-            counter.reserve_gen = self.unreachable_gen
-        reachable = {m: d for m, d in demands.items() if m not in self.unreachable}
-        return split(remaining - counter.reserved, reachable, counter.key)[self.node_id]
+            share = self.allowance(counter.key, remaining)
+        else:
+            demands = self.demands(counter.key)
+            if counter.reserve_gen != self.unreachable_gen:
+                shares = split(remaining, demands, counter.key)
+                counter.reserved = sum(shares[m] for m in self.unreachable if m in shares)
+                counter.reserve_gen = self.unreachable_gen
+            reachable = {m: d for m, d in demands.items() if m not in self.unreachable}
+            share = split(remaining - counter.reserved, reachable, counter.key)[self.node_id]
+        return max(0, min(share, remaining - held))
 
     def forget_idle(self) -> int:
         """Drop demand that has faded; returns how many entries went."""

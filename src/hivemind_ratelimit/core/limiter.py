@@ -324,19 +324,29 @@ class Limiter:
         if over or mode is not Consistency.BOUNDED or cluster is None or not cluster.active:
             return _Check(spec, counter, before, after, over, reset)
         # Bounded: within the global limit, but this node may only spend its allowance,
-        # a share of the budget left at the last merge (core/allowance.py).
-        if counter.allowance < 0:
-            counter.allowance = cluster.allowance_for(counter, rps - before)
-            counter.spent = 0
-            counter.fresh = cluster.is_new(key)
+        # its share of the budget (core/allowance.py). A new one is asked for when the
+        # lease ran out, or when the hits do not fit and the view changed since.
+        if counter.allowance < 0 or now >= counter.lease_until:
+            self._allow(cluster, counter, rps - before)
         if counter.spent + hits <= counter.allowance:
             return _Check(spec, counter, before, after, False, reset, spend=True)
+        if counter.stale:
+            self._allow(cluster, counter, rps - before)
+            if counter.spent + hits <= counter.allowance:
+                return _Check(spec, counter, before, after, False, reset, spend=True)
         if counter.fresh and counter.allowance == 0 and counter.spent == 0 and hits <= 1:
             # Cold start: demand is not known yet; one hit per member may pass.
             return _Check(spec, counter, before, after, False, reset, spend=True)
         # Refused by the allowance while the global count is under the limit: not
         # counted, or refused hits would eat the budget the busy node needs.
         return _Check(spec, counter, before, after, True, reset, count=False)
+
+    def _allow(self, cluster: ClusterView, counter: Counter, remaining: int) -> None:
+        counter.allowance = cluster.allowance_for(counter, remaining)
+        counter.spent = 0
+        counter.stale = False
+        counter.fresh = cluster.is_new(counter.key)
+        self.store.dirty.add(counter)  # peers learn the new lease with the next deltas
 
     # -- step 3 ------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ class Counter:
         "allowance",
         "fresh",
         "key",
+        "lease_until",
+        "leases",
         "length",
         "limit",
         "own",
@@ -38,6 +40,7 @@ class Counter:
         "seen",
         "shared",
         "spent",
+        "stale",
         "window_start",
     )
 
@@ -54,9 +57,12 @@ class Counter:
         self.seen = 0  # hits seen since the last sync tick, admitted or not (demand)
         self.allowance = -1  # bounded mode: hits this node may admit since the last merge; -1 stale
         self.spent = 0  # hits admitted against `allowance`
+        self.stale = False  # the view changed since `allowance` was computed
         self.fresh = False  # the counter was new to the cluster when `allowance` was computed
         self.reserved = 0  # hits kept for unreachable members (bounded mode, see allowance.py)
         self.reserve_gen = -1  # the ClusterView.unreachable generation `reserved` was computed for
+        self.lease_until = 0.0  # `allowance` may be spent until then, then it is recomputed
+        self.leases: dict[Slot, tuple[int, float]] | None = None  # peer slot -> (unspent, valid until)
         # Admitted hits per slot (a second G-counter), to measure over-admission per window.
         self.limit = 0
         self.admitted = 0
@@ -89,7 +95,7 @@ class Counter:
             return False
         remote[slot] = count
         self.remote_total += count - old
-        self.allowance = -1
+        self.stale = True
         return True
 
     def merge_admitted(self, slots: Mapping[Slot, int], own_slot: Slot) -> None:
@@ -128,7 +134,7 @@ class Counter:
                 self.remote_total = sum(self.remote.values())
                 changed = True
         if changed:
-            self.allowance = -1  # the view changed: recompute the allowance on next use
+            self.stale = True  # the view changed: a new allowance may be asked for
         return changed
 
 

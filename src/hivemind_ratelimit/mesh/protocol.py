@@ -273,9 +273,15 @@ class MeshCore:
         size = len(deltas.keys)
         if any(len(column) != size for column in columns):
             raise ValueError("deltas with columns of different lengths")
+        unspent = deltas.unspent
+        if unspent and len(unspent) != size:
+            raise ValueError("deltas with columns of different lengths")
+        lease_until = now + self.cluster.lease
         grace = self.timing.grace
         store, reported = self.store, self.cluster.reported
-        for key, start, length, count, admitted, demand, limit, windows in zip(*columns, strict=True):
+        for index, (key, start, length, count, admitted, demand, limit, windows) in enumerate(
+            zip(*columns, strict=True)
+        ):
             reported(key, peer, demand)
             retain = start + length * max(1, windows) + grace
             if retain <= now or length <= 0:
@@ -289,6 +295,15 @@ class MeshCore:
             if limit and not counter.limit:
                 counter.limit = limit
             counter.merge_slot(slot, count, admitted)
+            if unspent:
+                held = unspent[index]
+                if held:
+                    if counter.leases is None:
+                        counter.leases = {}
+                    counter.leases[slot] = (held, lease_until)
+                elif counter.leases:
+                    counter.leases.pop(slot, None)
+                counter.stale = True  # the free budget changed
 
     def _gossip(self, members: Iterable[pb.Member], now: float) -> None:
         for m in members:
@@ -335,7 +350,7 @@ class MeshCore:
         return out
 
     def _sync(self, now: float) -> list[Out]:
-        deltas = self._deltas()
+        deltas = self._deltas(now)
         members = [_member(c) for c in self.membership.drain_gossip()]
         if not (deltas or members) or not self.links:
             return []
@@ -346,7 +361,7 @@ class MeshCore:
         envelopes[0].sync.members.extend(members)
         return [self._out(peer, envelope) for envelope in envelopes for peer in sorted(self.links)]
 
-    def _deltas(self) -> list[pb.Deltas]:
+    def _deltas(self, now: float) -> list[pb.Deltas]:
         """Counters whose own slot changed since the last tick, with this node's demand.
 
         Work is proportional to the counters that changed, not to all live counters:
@@ -360,7 +375,8 @@ class MeshCore:
                 continue
             seen[counter.key] = seen.get(counter.key, 0) + counter.seen
             counter.seen = 0
-            counter.allowance = -1  # our own view changed: recompute at next use
+            if 0 <= counter.allowance <= counter.spent:
+                counter.allowance = -1  # spent: ask for a new share at next use
             changed.append(counter)
         if not changed:
             return []
@@ -380,6 +396,10 @@ class MeshCore:
                     limits=[c.limit for c in batch],
                     retain_windows=[
                         2 if c.retain_until - c.window_start > 1.5 * c.length else 1 for c in batch
+                    ],
+                    unspent=[
+                        max(0, c.allowance - c.spent) if c.allowance >= 0 and now < c.lease_until else 0
+                        for c in batch
                     ],
                 )
             )

@@ -65,7 +65,12 @@ class SimNode:
         self.leaving = False
         self.store = CounterStore(net.max_counters)
         # As app.py: demand fades with a half-life of two sync intervals.
-        self.cluster = ClusterView(self.node_id, net.clock, half_life=2 * net.timing.sync_interval)
+        self.cluster = ClusterView(
+            self.node_id,
+            net.clock,
+            half_life=2 * net.timing.sync_interval,
+            lease=3 * net.timing.sync_interval,
+        )
         self.stats = ServiceStats()
         options = LimiterOptions(default_consistency=net.consistency, grace_seconds=net.timing.grace)
         self.limiter = Limiter(store=self.store, clock=net.clock, stats=self.stats, options=options)

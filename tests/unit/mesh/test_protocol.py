@@ -356,6 +356,9 @@ def test_a_refused_hit_still_counts_as_demand() -> None:
     net.pump()
     key = b.counter().key
     assert net["a"].cluster.demands(key)["b"] > 0.0
+    # a's allowance is a lease b keeps aside until it runs out (or a reports it spent).
+    assert b.hit(1) == [Code.OVER_LIMIT]
+    net.clock.advance(b.cluster.lease)
     assert b.hit(3) == [Code.OK] * 3
 
 

@@ -85,7 +85,7 @@ class CounterState(_message.Message):
     def __init__(self, key: _Optional[str] = ..., window_start: _Optional[int] = ..., length: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., demand: _Optional[float] = ..., retain_windows: _Optional[int] = ..., admitted: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Deltas(_message.Message):
-    __slots__ = ("slot", "keys", "window_starts", "lengths", "counts", "admitted", "demands", "limits", "retain_windows")
+    __slots__ = ("slot", "keys", "window_starts", "lengths", "counts", "admitted", "demands", "limits", "retain_windows", "unspent")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_STARTS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Deltas(_message.Message):
     DEMANDS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     RETAIN_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    UNSPENT_FIELD_NUMBER: _ClassVar[int]
     slot: str
     keys: _containers.RepeatedScalarFieldContainer[str]
     window_starts: _containers.RepeatedScalarFieldContainer[int]
@@ -104,7 +105,8 @@ class Deltas(_message.Message):
     demands: _containers.RepeatedScalarFieldContainer[float]
     limits: _containers.RepeatedScalarFieldContainer[int]
     retain_windows: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, slot: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., window_starts: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., admitted: _Optional[_Iterable[int]] = ..., demands: _Optional[_Iterable[float]] = ..., limits: _Optional[_Iterable[int]] = ..., retain_windows: _Optional[_Iterable[int]] = ...) -> None: ...
+    unspent: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, slot: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., window_starts: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., admitted: _Optional[_Iterable[int]] = ..., demands: _Optional[_Iterable[float]] = ..., limits: _Optional[_Iterable[int]] = ..., retain_windows: _Optional[_Iterable[int]] = ..., unspent: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Sync(_message.Message):
     __slots__ = ("counters", "members", "sent_unix_ns", "deltas")
