@@ -70,6 +70,9 @@ class Membership:
     incarnation: int
     address: str
     suspect_timeout: float
+    # Dead and departed members are forgotten this long after they went, so a cluster
+    # whose pods restart with new ids does not keep (and redial) every one it ever saw.
+    forget_after: float = 600.0
     members: dict[str, Member] = field(default_factory=dict)
     gossip: list[Change] = field(default_factory=list)  # to be sent to every peer
 
@@ -140,13 +143,16 @@ class Membership:
         return self.apply(node_id, member.incarnation, "", State.SUSPECT, now)
 
     def tick(self, now: float) -> list[Change]:
-        """Suspects nobody refuted within suspect_timeout are declared dead."""
+        """Suspects nobody refuted within suspect_timeout are declared dead; members dead
+        or gone for `forget_after` are forgotten."""
         out = []
         for member in list(self.members.values()):
             if member.state is State.SUSPECT and now - member.state_since >= self.suspect_timeout:
                 change = self.apply(member.node_id, member.incarnation, "", State.DEAD, now)
                 if change is not None:
                     out.append(change)
+            elif member.state in (State.DEAD, State.LEFT) and now - member.state_since >= self.forget_after:
+                del self.members[member.node_id]
         return out
 
     def leave(self) -> Change:

@@ -162,3 +162,20 @@ def test_precedence_table(news: State, known: State, delta: int) -> None:
         assert change is None
         assert (member.state, member.incarnation) == (known, 5)
         assert m.drain_gossip() == []
+
+
+def test_dead_and_departed_members_are_forgotten_after_a_while() -> None:
+    m = Membership("me", 1, "me:1", suspect_timeout=5.0, forget_after=60.0)
+    m.apply("dead", 1, "d:1", State.ALIVE, 0.0)
+    m.apply("gone", 1, "g:1", State.ALIVE, 0.0)
+    m.suspect("dead", 1.0)
+    m.tick(6.0)
+    m.apply("gone", 1, "", State.LEFT, 6.0)
+    assert m.state_of("dead") is State.DEAD and m.state_of("gone") is State.LEFT
+    m.tick(65.0)
+    assert m.state_of("dead") is State.DEAD  # 59 s after it died
+    m.tick(66.0)
+    assert m.state_of("dead") is None and m.state_of("gone") is None
+    # A restart comes back as a new member.
+    m.heard_from("dead", 2, "d:1", 70.0)
+    assert m.state_of("dead") is State.ALIVE
