@@ -5,7 +5,10 @@ servicer answers every ShouldRateLimit with one constant OK response. The reques
 still parsed by grpcio, as in Hivemind, so the difference between the two is the
 decision itself: request conversion, rule matching, counters, response building.
 
-    python bench/null_rls.py --port 18081
+    python bench/null_rls.py --port 18081 [--transport grpcio|nghttp2]
+
+With `--transport nghttp2` the same constant answer is served by Hivemind's native
+transport (rls/h2server.py) with a servicer that does nothing: the floor of that stack.
 
 Prints `listening on HOST:PORT` once serving; stops on SIGTERM or SIGINT.
 """
@@ -38,6 +41,39 @@ class NullRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: igno
         return RESPONSE
 
 
+class NullBytesServicer:
+    """What H2RlsServer needs of a servicer: constant bytes back, nothing counted."""
+
+    def __init__(self) -> None:
+        from hivemind_ratelimit.telemetry.stats import ServiceStats
+
+        self.stats = ServiceStats()
+        self.observer = None
+        self._answer = RESPONSE.SerializeToString()
+
+    def handle_bytes(self, payload: bytes, metadata: Any = ()) -> bytes:
+        return self._answer
+
+
+async def serve_native(host: str, port: int) -> None:
+    from hivemind_ratelimit.rls.h2server import H2RlsServer
+    from hivemind_ratelimit.settings import ServerSettings
+
+    settings = ServerSettings(host=host, grpc_port=port, transport="nghttp2")
+    server = H2RlsServer(settings, NullBytesServicer())  # type: ignore[arg-type]
+    await server.start()
+    await server.set_serving(True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {server.addresses[0]}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(0.5)
+
+
 async def serve(host: str, port: int) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(NullRateLimitService(), server)
@@ -58,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--transport", choices=("grpcio", "nghttp2"), default="grpcio")
     args = parser.parse_args()
     try:
         import uvloop
@@ -65,7 +102,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional, as in Hivemind
         pass
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run((serve_native if args.transport == "nghttp2" else serve)(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -19,17 +19,20 @@ from typing import Any
 
 from hivemind_ratelimit import __version__
 from hivemind_ratelimit.admin.http import AdminServer
+from hivemind_ratelimit.admin.status import NodeStatus, busiest_counters
 from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock, SystemClock
 from hivemind_ratelimit.core.limiter import Limiter, LimiterOptions, OverflowPolicy
 from hivemind_ratelimit.core.store import CounterStore
 from hivemind_ratelimit.mesh.protocol import MeshCore, MeshStats, Timing
 from hivemind_ratelimit.mesh.transport import MeshTransport
-from hivemind_ratelimit.rls.server import RlsServer
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
+from hivemind_ratelimit.rls.transport import rls_server
 from hivemind_ratelimit.rules.model import RuleSet
 from hivemind_ratelimit.rules.watcher import RuleReloader
 from hivemind_ratelimit.settings import Settings
+from hivemind_ratelimit.telemetry.metrics import MetricSources
+from hivemind_ratelimit.telemetry.otel import Telemetry
 from hivemind_ratelimit.telemetry.prometheus import Gauges
 from hivemind_ratelimit.telemetry.stats import ServiceStats
 
@@ -54,7 +57,9 @@ class App:
         self.mesh_stats = MeshStats()
         self.store = CounterStore(rl.max_counters)
         # Demand fades with a half-life of two sync intervals: skew is learned fast.
-        self.cluster = ClusterView(self.node_id, self.clock, half_life=2 * mesh.sync_interval)
+        self.cluster = ClusterView(
+            self.node_id, self.clock, half_life=2 * mesh.sync_interval, lease=3 * mesh.sync_interval
+        )
         # Counters outlive their window long enough for the last peer updates to land.
         grace = max(2.0, 5 * mesh.sync_interval)
         self.timing = Timing(
@@ -78,16 +83,28 @@ class App:
                 grace_seconds=grace,
             ),
         )
-        self.servicer = RateLimitServicer(self.limiter, settings.server.limits, self.stats)
-        self.reloader = RuleReloader(
-            rl.config_path, merge_domains=rl.merge_domains, stats=self.stats, apply=self._apply_rules
+        self.telemetry = Telemetry(
+            settings.observability,
+            node_id=self.node_id,
+            sources=MetricSources(stats=self.stats, gauges=self.gauges, mesh=lambda: self.mesh_core),
         )
-        self.rls = RlsServer(settings.server, self.servicer)
+        self.servicer = RateLimitServicer(
+            self.limiter, settings.server.limits, self.stats, observer=self.telemetry.requests
+        )
+        self.reloader = RuleReloader(
+            rl.config_path,
+            merge_domains=rl.merge_domains,
+            stats=self.stats,
+            apply=self._apply_rules,
+            tracer=self.telemetry.tracer,
+        )
+        self.rls = rls_server(settings.server, self.servicer)
         self.admin: AdminServer | None = None
         self.mesh_transport: MeshTransport | None = None
         self.mesh_core: MeshCore | None = None
         self._serving = False
         self._ready = False
+        self._rules_loaded_at: float | None = None
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -104,6 +121,9 @@ class App:
     def rules(self) -> RuleSet:
         return self.limiter.rules
 
+    def metrics_text(self) -> str:
+        return self.telemetry.prometheus_text()
+
     def gauges(self) -> Gauges:
         rules = self.limiter.rules
         return Gauges(
@@ -117,13 +137,28 @@ class App:
             return None
         return self.mesh_core.describe(self.clock.now())
 
+    def status(self) -> NodeStatus:
+        now = self.clock.now()
+        return NodeStatus(
+            node_id=self.node_id,
+            version=__version__,
+            started_at=self.incarnation / 1000,
+            now=now,
+            rules_path=self.settings.rate_limiting.config_path,
+            rules_loaded_at=self._rules_loaded_at,
+            reload_error=self.reloader.last_error,
+            busiest=busiest_counters(self.store, now),
+        )
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def _apply_rules(self, rules: RuleSet) -> None:
         self.limiter.rules = rules
+        self._rules_loaded_at = self.clock.now()
 
     async def start(self) -> None:
         self._stop = asyncio.Event()
+        log.info("telemetry: %s", self.telemetry.describe())
         rules = self.reloader.load_initial()
         log.info(
             "rules loaded: version %s, %d domains from %s",
@@ -172,7 +207,7 @@ class App:
             rng=random.Random(),
             stats=self.mesh_stats,
         )
-        transport = MeshTransport(core, mesh, self.clock)
+        transport = MeshTransport(core, mesh, self.clock, tracer=self.telemetry.tracer)
         await transport.start()
         core.membership.address = mesh.advertise_address or _advertise(mesh.host, transport.bound_port)
         self.mesh_core, self.mesh_transport = core, transport
@@ -210,6 +245,7 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.telemetry.shutdown()
         log.info("stopped")
 
     def _reload_on_signal(self) -> None:

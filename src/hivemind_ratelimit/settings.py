@@ -80,7 +80,7 @@ class ServerSettings(_Section):
     grpc_port: Port = 8081
     grpc_uds: str = ""
     http_port: Port = 8080
-    transport: Literal["grpcio"] = "grpcio"
+    transport: Literal["auto", "nghttp2", "grpcio"] = "auto"  # see rls/transport.py
     tls: ServerTls = ServerTls()
     limits: RequestLimits = RequestLimits()
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)

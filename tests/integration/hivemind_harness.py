@@ -306,6 +306,17 @@ class ManagedProcess:
         return f"<{type(self).__name__} {self.name} pid={self.pid}>"
 
 
+TRANSPORTS = ("grpcio", "nghttp2")  # server.transport values
+
+
+def rls_transport() -> dict[str, str]:
+    """The `server.transport` setting test processes get: $HIVEMIND_TEST_TRANSPORT, else
+    none (the service's default). `make test` runs tests/integration once more on grpcio.
+    """
+    chosen = os.environ.get("HIVEMIND_TEST_TRANSPORT", "")
+    return {"server.transport": chosen} if chosen else {}
+
+
 class HivemindProcess(ManagedProcess):
     """`hivemind serve` on 127.0.0.1 with its own gRPC, admin and mesh ports.
 
@@ -348,6 +359,7 @@ class HivemindProcess(ManagedProcess):
             "mesh.host": LOOPBACK,
             "mesh.port": str(self.mesh_port),
             "server.drain_timeout": "2s",
+            **rls_transport(),
             **self.settings,
         }
         flags = [f"--set={key}={value}" for key, value in settings.items()]

@@ -6,10 +6,12 @@ GET /metrics      Prometheus text exposition
 POST /json        a proto3-JSON RateLimitRequest -> 200 (OK), 429 (OVER_LIMIT), 400 (bad body)
 GET /rlconfig     the loaded rules, one line per rule with its limit
 GET /mesh         this node and every member as it sees them, and sync statistics (JSON)
+GET /             the status page for people (admin/status.py)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -17,6 +19,7 @@ from aiohttp import web
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import json_format
 
+from hivemind_ratelimit.admin import status as status_page
 from hivemind_ratelimit.errors import HivemindError, ListenError
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
 from hivemind_ratelimit.rules.model import RuleSet
@@ -42,6 +45,10 @@ class NodeView(Protocol):
 
     def mesh(self) -> dict[str, Any] | None: ...
 
+    def metrics_text(self) -> str: ...
+
+    def status(self) -> status_page.NodeStatus: ...
+
 
 class AdminServer:
     def __init__(self, host: str, port: int, servicer: RateLimitServicer, node: NodeView) -> None:
@@ -55,6 +62,7 @@ class AdminServer:
         app.router.add_post("/json", self.json)
         app.router.add_get("/rlconfig", self.rlconfig)
         app.router.add_get("/mesh", self.mesh)
+        app.router.add_get("/", self.index)
         self.app = app
         self._runner: web.AppRunner | None = None
         self.bound_port = 0
@@ -89,12 +97,11 @@ class AdminServer:
         return web.Response(status=503, text="not ready")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = prometheus.render(self.servicer.stats, self.node.gauges())
-        mesh = self.node.mesh()
-        if mesh is not None:
-            body += prometheus.render_mesh(mesh)
+        # Collected through the OpenTelemetry SDK (telemetry/metrics.py) and rendered as
+        # text, in a thread: a large rule set takes a while, and decisions go on meanwhile.
+        text = await asyncio.to_thread(self.node.metrics_text)
         return web.Response(
-            text=body,
+            text=text,
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
@@ -102,6 +109,9 @@ class AdminServer:
 
     async def mesh(self, request: web.Request) -> web.Response:
         return web.json_response(self.node.mesh() or {"node": None, "members": []})
+
+    async def index(self, request: web.Request) -> web.Response:
+        return status_page.response(self.node, self.servicer.stats)
 
     async def rlconfig(self, request: web.Request) -> web.Response:
         rules = self.node.rules()

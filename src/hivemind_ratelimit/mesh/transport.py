@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
+from opentelemetry.trace import NoOpTracer, Span, Status, StatusCode, Tracer
 
 from hivemind_ratelimit.core.clock import Clock
 from hivemind_ratelimit.errors import SettingsError
@@ -35,6 +37,7 @@ from hivemind_ratelimit.settings import MeshSettings
 log = logging.getLogger("hivemind.mesh")
 
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from the type stubs
+_MEMBER_STATES = frozenset(int(state) for state in State)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 5.0
@@ -107,8 +110,12 @@ class _Link:
 
 
 class MeshTransport:
-    def __init__(self, core: MeshCore, settings: MeshSettings, clock: Clock) -> None:
+    def __init__(
+        self, core: MeshCore, settings: MeshSettings, clock: Clock, tracer: Tracer | None = None
+    ) -> None:
         self.core = core
+        self.tracer = tracer or NoOpTracer()  # spans: join (warm-up) and each link's full sync
+        self._syncing: dict[str, Span] = {}  # peer -> its open full-sync span
         self.settings = settings
         self.clock = clock
         self.secret = _read_secret(settings.secret_file)
@@ -143,13 +150,18 @@ class MeshTransport:
         """Wait until every peer we linked to has sent its full state (bounded)."""
         if not self.settings.bootstrap_peers:
             return True
-        deadline = self.clock.now() + timeout
-        while self.clock.now() < deadline:
-            linked = set(self.links)
-            if linked and linked <= self.core.full_state_from:
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        with self.tracer.start_as_current_span("hivemind.mesh.join") as span:
+            span.set_attribute("hivemind.mesh.bootstrap_peers", len(self.settings.bootstrap_peers))
+            deadline = self.clock.now() + timeout
+            while self.clock.now() < deadline:
+                linked = set(self.links)
+                if linked and linked <= self.core.full_state_from:
+                    span.set_attribute("hivemind.mesh.peers", len(linked))
+                    return True
+                await asyncio.sleep(0.02)
+            span.set_attribute("hivemind.mesh.peers", len(self.core.full_state_from & set(self.links)))
+            span.set_status(Status(StatusCode.ERROR, f"warm-up incomplete after {timeout:.1f}s"))
+            return False
 
     async def leave(self, timeout: float = 2.0) -> None:
         """Final counts and the leave announcement to every peer, then close."""
@@ -300,6 +312,9 @@ class MeshTransport:
             raise HandshakeError(f"{hello.node_id}: one side has a cluster secret and the other has none")
         if not hello.node_id:
             raise HandshakeError("hello without a node id")
+        if any(m.state not in _MEMBER_STATES for m in hello.members):
+            self.core.stats.malformed += 1  # checked here: a bad hello must not half-open a link
+            raise HandshakeError(f"{hello.node_id}: a member with an unknown state in its hello")
 
     async def accept(self, stream: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         first = await asyncio.wait_for(stream.read(), HANDSHAKE_TIMEOUT)
@@ -316,6 +331,8 @@ class MeshTransport:
         await stream.write(self.core.hello(nonce=nonce, proof=proof, secret_set=self.secret is not None))
         auth = await asyncio.wait_for(stream.read(), HANDSHAKE_TIMEOUT)
         if auth is _EOF or auth.WhichOneof("body") != "auth":
+            if auth is not _EOF:
+                self.core.stats.malformed += 1
             raise HandshakeError(f"{hello.node_id} did not finish the handshake")
         if self.secret is not None and not hmac.compare_digest(
             auth.auth.proof, _proof(self.secret, b"dialer", nonce, hello.nonce)
@@ -340,6 +357,12 @@ class MeshTransport:
         self.links[peer] = link
         now = self.clock.now()
         self.core._gossip(hello.members, now)
+        sync = self.tracer.start_span(
+            "hivemind.mesh.full_sync",
+            attributes={"hivemind.mesh.peer": peer, "hivemind.mesh.address": hello.address},
+        )
+        if sync.is_recording():
+            self._syncing[peer] = sync  # ends when the peer's last full-state message arrives
         self._dispatch(self.core.link_up(peer, hello.incarnation, hello.address, now))
         log.info("mesh link up: %s (%s)", peer, hello.address)
         reader = asyncio.create_task(self._read_loop(peer, stream))
@@ -348,6 +371,10 @@ class MeshTransport:
                 [reader, asyncio.create_task(link.closed.wait())], return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            if self._syncing.get(peer) is sync:
+                del self._syncing[peer]
+                sync.set_status(Status(StatusCode.ERROR, "the link closed before the full state arrived"))
+                sync.end()
             reader.cancel()
             link.close()
             if self.links.get(peer) is link:
@@ -357,7 +384,12 @@ class MeshTransport:
 
     async def _read_loop(self, peer: str, stream: _Stream) -> None:
         while True:
-            envelope = await stream.read()
+            try:
+                envelope = await stream.read()
+            except DecodeError as exc:
+                self.core.stats.malformed += 1
+                log.warning("closing the stream of %s: undecodable message: %s", peer, exc)
+                return
             if envelope is _EOF:
                 return
             self.core.stats.bytes_received += envelope.ByteSize()
@@ -367,6 +399,8 @@ class MeshTransport:
                 self.core.stats.malformed += 1
                 log.warning("closing the stream of %s: bad message: %s", peer, exc)
                 return
+            if peer in self._syncing and peer in self.core.full_state_from:
+                self._syncing.pop(peer).end()
             self._dispatch(outs)
 
 
@@ -381,6 +415,9 @@ class _Servicer(mesh_pb2_grpc.MeshServicer):  # type: ignore[misc]
             await self._transport.accept(context, context)
         except (HandshakeError, TimeoutError) as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except DecodeError as exc:  # a handshake message that does not parse
+            self._transport.core.stats.malformed += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable message: {exc}")
         except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass
 

@@ -32,7 +32,12 @@ class _RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rls_pb2.RateLimitResponse:
         try:
-            return self._servicer.should_rate_limit(request)
+            observer = self._servicer.observer
+            if observer is None:  # no tracing, no debug logging: the only cost is this branch
+                return self._servicer.should_rate_limit(request)
+            return observer.call(
+                self._servicer.should_rate_limit, request, context.invocation_metadata() or ()
+            )
         except HivemindError as exc:
             self._servicer.stats.count_error(exc.metric_label)
             await context.abort(exc.grpc_status, str(exc))

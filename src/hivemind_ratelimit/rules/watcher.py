@@ -12,7 +12,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+from opentelemetry.trace import NoOpTracer, Span, Status, StatusCode, Tracer
 
 from hivemind_ratelimit.errors import RuleConfigError
 from hivemind_ratelimit.rules.loader import load_path, rule_files
@@ -50,8 +53,10 @@ class RuleReloader:
         merge_domains: bool,
         stats: ServiceStats,
         apply: Callable[[RuleSet], None],
+        tracer: Tracer | None = None,
     ) -> None:
         self.path = Path(path)
+        self.tracer = tracer or NoOpTracer()  # a span per load and reload
         self.merge_domains = merge_domains
         self.stats = stats
         self.apply = apply
@@ -62,21 +67,31 @@ class RuleReloader:
     def load_initial(self) -> RuleSet:
         """The first load; raises RuleConfigError so the service refuses to start on bad rules."""
         self._fingerprint = fingerprint(self.path)
-        try:
-            rules = load_path(self.path, merge_domains=self.merge_domains)
-        except RuleConfigError:
-            self.stats.config_loads["error"] += 1
-            raise
-        self._install(rules)
-        return rules
+        with self.tracer.start_as_current_span("hivemind.rules.load") as span:
+            try:
+                rules = load_path(self.path, merge_domains=self.merge_domains)
+            except RuleConfigError as exc:
+                self.stats.config_loads["error"] += 1
+                _traced(span, "error", str(exc))
+                raise
+            self._install(rules)
+            _traced(span, "success", rules.version)
+            return rules
 
     def reload(self, reason: str) -> bool:
         """Parse and swap; on any problem keep the rules in force. True when in force now."""
-        return self._accept(self._parse(), reason)
+        with self._span(reason) as span:
+            return self._accept(self._parse(), reason, span)
 
     async def reload_async(self, reason: str) -> bool:
         """As reload, parsing off the event loop (a large rule set takes a while)."""
-        return self._accept(await asyncio.to_thread(self._parse), reason)
+        with self._span(reason) as span:
+            return self._accept(await asyncio.to_thread(self._parse), reason, span)
+
+    def _span(self, reason: str) -> AbstractContextManager[Span]:
+        return self.tracer.start_as_current_span(
+            "hivemind.rules.reload", attributes={"hivemind.reason": reason}
+        )
 
     def _parse(self) -> RuleSet | RuleConfigError:
         self._fingerprint = fingerprint(self.path)
@@ -85,8 +100,9 @@ class RuleReloader:
         except RuleConfigError as exc:
             return exc
 
-    def _accept(self, result: RuleSet | RuleConfigError, reason: str) -> bool:
+    def _accept(self, result: RuleSet | RuleConfigError, reason: str, span: Span) -> bool:
         if isinstance(result, RuleConfigError):
+            _traced(span, "error", str(result))
             self.stats.config_loads["error"] += 1
             self.last_error = str(result)
             kept = self.current.version if self.current else "-"
@@ -94,7 +110,9 @@ class RuleReloader:
                 log.error("rule reload (%s) rejected, keeping version %s: %s", reason, kept, problem)
             return False
         if self.current is not None and result.version == self.current.version:
+            _traced(span, "unchanged", result.version)
             return True
+        _traced(span, "success", result.version)
         self._install(result)
         log.info("rules reloaded (%s): version %s, %d domains", reason, result.version, len(result.domains))
         return True
@@ -115,3 +133,12 @@ class RuleReloader:
             current = await asyncio.to_thread(fingerprint, self.path)
             if current != self._fingerprint:
                 await self.reload_async("file change")
+
+
+def _traced(span: Span, result: str, detail: str) -> None:
+    """The outcome on the load's span: result, and the version or the error."""
+    span.set_attribute("hivemind.result", result)
+    if result == "error":
+        span.set_status(Status(StatusCode.ERROR, detail[:512]))
+    else:
+        span.set_attribute("hivemind.rules.version", detail)

@@ -45,9 +45,35 @@ class TextFormatter(logging.Formatter):
         return text + (" " + " ".join(extras) if extras else "")
 
 
+class ThrottleLibraryLogs(logging.Filter):
+    """At most one line per message template per `interval` from the OpenTelemetry SDK.
+
+    Some of its warnings can repeat per span (a full export queue drops spans one by
+    one); the logs stay one line per event, not one per request.
+    """
+
+    def __init__(self, prefix: str = "opentelemetry", interval: float = 60.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.interval = interval
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[key] = now
+        return True
+
+
 def setup_logging(level: str, fmt: str, node_id: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(node_id) if fmt == "json" else TextFormatter(node_id))
+    handler.addFilter(ThrottleLibraryLogs())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,5 +1,6 @@
-"""Plain in-process counters. The request path only bumps integers here; exporters
-(Prometheus text, later OpenTelemetry observable instruments) read them when scraped.
+"""Plain in-process counters. The request path only bumps integers here; the
+OpenTelemetry observable instruments in telemetry/metrics.py read them when a reader
+collects (a /metrics scrape, an OTLP export), never per request.
 """
 
 from __future__ import annotations
@@ -40,11 +41,26 @@ class Histogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     total: float = 0.0
     count: int = 0
+    min: float = float("inf")
+    max: float = 0.0
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
         self.count += 1
+        if value > self.max:
+            self.max = value
+        if value < self.min:
+            self.min = value
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """Values read from the running node at collection time."""
+
+    live_counters: int
+    config_version: str
+    rules_loaded: int
 
 
 @dataclass(slots=True)

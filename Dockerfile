@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+#
+# Hivemind: the rate limit service, built from this source tree.
+#
+#   docker build -t hivemind-ratelimit .
+#   docker run --rm -p 8080:8080 -p 8081:8081 -p 7946:7946 hivemind-ratelimit
+#   docker run --rm -v $(pwd)/config.yaml:/etc/hivemind/config.yaml -v $(pwd)/config:/etc/hivemind/rules ...
+#
+# Ports: 8081 gRPC (Envoy's rate limit service), 8080 admin HTTP (/healthcheck, /ready,
+# /metrics, the status page at /), 7946 the peer mesh. Config: /etc/hivemind/config.yaml;
+# rules: every *.yaml in /etc/hivemind/rules/ (hot reloaded). docs/deployment.md.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# -- build: install the package and its dependencies into a virtual environment --------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/hivemind
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY src ./src
+RUN /opt/hivemind/bin/pip install . \
+    && /opt/hivemind/bin/hivemind --version
+
+# -- run: the virtual environment, the default config and rules, a non-root user --------
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="hivemind-ratelimit" \
+      org.opencontainers.image.description="Distributed rate limit service for Envoy: a peer-to-peer mesh of sidecars, no Redis." \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 hivemind \
+    && useradd --system --uid 10001 --gid hivemind --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin hivemind
+COPY --from=build /opt/hivemind /opt/hivemind
+COPY deploy/docker/config.yaml /etc/hivemind/config.yaml
+COPY config/ratelimit.yaml /etc/hivemind/rules/ratelimit.yaml
+# Relative paths in a config file resolve against /etc/hivemind, and config/ points at the
+# rules: the repository's own config.yaml (config_path: config/ratelimit.yaml) works as is.
+RUN ln -s rules /etc/hivemind/config
+WORKDIR /etc/hivemind
+ENV PATH=/opt/hivemind/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+EXPOSE 8080 8081 7946
+# 200 while serving; 500 while starting or draining. No curl in the image: Python asks,
+# on the admin port the environment sets (HIVEMIND_SERVER__HTTP_PORT), else 8080.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/healthcheck' % os.environ.get('HIVEMIND_SERVER__HTTP_PORT', '8080'), timeout=2)"]
+# Exec form: hivemind is PID 1 and gets SIGTERM itself. It stops taking calls, drains
+# (server.drain_timeout), hands its counts to its peers, announces its leave and exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["hivemind"]
+CMD ["serve", "--config", "/etc/hivemind/config.yaml"]
