@@ -45,6 +45,7 @@ QUEUE_LIMIT = 20_000  # messages waiting for a slow peer; past it the stream is 
 DIAL_EVERY = 0.5
 RESOLVE_EVERY = 5.0
 MAX_BACKOFF = 10.0
+CLOCK_WARNING = 1.0  # seconds of peer clock offset worth a warning (once a minute per peer)
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -63,8 +64,12 @@ class _Stream(Protocol):
     async def write(self, message: Any) -> None: ...
 
 
-def _proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
-    return hmac.new(secret, role + b"|" + first + b"|" + second, hashlib.sha256).digest()
+def _proof(
+    secret: bytes, role: bytes, dialer_nonce: bytes, acceptor_nonce: bytes, dialer: str, acceptor: str
+) -> bytes:
+    """HMAC over the role, both nonces and both node ids: a proof fits one handshake only."""
+    message = b"|".join((role, dialer_nonce, acceptor_nonce, dialer.encode(), acceptor.encode()))
+    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 class _Link:
@@ -127,6 +132,7 @@ class MeshTransport:
         self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
         self._own_addresses: set[str] = set()
         self._address_peer: dict[str, str] = {}  # dialed address -> the node that answered
+        self._clock_warned: dict[str, float] = {}  # peer -> when to warn about its clock again
         self._bootstrap: set[str] = set()
         self._stopping = False
 
@@ -186,10 +192,22 @@ class MeshTransport:
         while True:
             await asyncio.sleep(interval)
             try:
-                self._dispatch(self.core.tick(self.clock.now()))
+                now = self.clock.now()
+                self._dispatch(self.core.tick(now))
                 self._drop_departed()
+                self._check_clocks(now)
             except Exception:  # a bug here must not stop the mesh: log and go on
                 log.exception("mesh tick failed")
+
+    def _check_clocks(self, now: float) -> None:
+        """Windows come from each node's own clock: warn about a peer more than 1 s off."""
+        for peer, member in self.core.membership.members.items():
+            offset = member.clock_offset
+            if offset is None or abs(offset) <= CLOCK_WARNING:
+                continue
+            if now >= self._clock_warned.get(peer, 0.0):
+                self._clock_warned[peer] = now + 60.0
+                log.warning("clock of %s is %+.3f s off ours: windows will disagree; check NTP", peer, offset)
 
     def _dispatch(self, outs: list[Out]) -> None:
         for peer, envelope in outs:
@@ -293,11 +311,20 @@ class MeshTransport:
             return
         self._check_hello(hello)
         if self.secret is not None:
-            if not hmac.compare_digest(hello.proof, _proof(self.secret, b"acceptor", nonce, hello.nonce)):
+            if not hmac.compare_digest(
+                hello.proof,
+                _proof(self.secret, b"acceptor", nonce, hello.nonce, self.core.node_id, hello.node_id),
+            ):
                 self.core.stats.refused += 1
                 raise HandshakeError(f"{hello.node_id} at {address} does not know the cluster secret")
             await call.write(
-                pb.Envelope(auth=pb.Auth(proof=_proof(self.secret, b"dialer", hello.nonce, nonce)))
+                pb.Envelope(
+                    auth=pb.Auth(
+                        proof=_proof(
+                            self.secret, b"dialer", nonce, hello.nonce, self.core.node_id, hello.node_id
+                        )
+                    )
+                )
             )
         else:
             await call.write(pb.Envelope(auth=pb.Auth()))
@@ -327,7 +354,11 @@ class MeshTransport:
             await stream.write(self.core.hello(nonce=nonce))
             return
         self._check_hello(hello)
-        proof = _proof(self.secret, b"acceptor", hello.nonce, nonce) if self.secret is not None else b""
+        proof = (
+            _proof(self.secret, b"acceptor", hello.nonce, nonce, hello.node_id, self.core.node_id)
+            if self.secret is not None
+            else b""
+        )
         await stream.write(self.core.hello(nonce=nonce, proof=proof, secret_set=self.secret is not None))
         auth = await asyncio.wait_for(stream.read(), HANDSHAKE_TIMEOUT)
         if auth is _EOF or auth.WhichOneof("body") != "auth":
@@ -335,7 +366,8 @@ class MeshTransport:
                 self.core.stats.malformed += 1
             raise HandshakeError(f"{hello.node_id} did not finish the handshake")
         if self.secret is not None and not hmac.compare_digest(
-            auth.auth.proof, _proof(self.secret, b"dialer", nonce, hello.nonce)
+            auth.auth.proof,
+            _proof(self.secret, b"dialer", hello.nonce, nonce, hello.node_id, self.core.node_id),
         ):
             self.core.stats.refused += 1
             log.warning("refused %s (%s): it does not know the cluster secret", hello.node_id, context.peer())
