@@ -19,7 +19,12 @@ RUN python -m venv /opt/hivemind
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
+# xds-protos ships an old copy of opentelemetry-proto's modules into the same folder;
+# reinstall opentelemetry-proto's own files over it (the version pip resolved).
 RUN /opt/hivemind/bin/pip install . \
+    && /opt/hivemind/bin/pip install --force-reinstall --no-deps \
+       "opentelemetry-proto==$(/opt/hivemind/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
+    && /opt/hivemind/bin/python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope" \
     && /opt/hivemind/bin/hivemind --version
 
 # -- run: the virtual environment, the default config and rules, a non-root user --------

@@ -13,13 +13,20 @@ $(BIN)/python:
 
 # The nghttp2 transport's C core (src/hivemind_ratelimit/rls/h2core.c) is compiled once
 # into ~/.cache/hivemind-ratelimit at install (and rebuilt on first use if it changed).
+# xds-protos ships an old copy of opentelemetry-proto's modules into the same folder;
+# whichever installs last wins. Reinstall opentelemetry-proto's own files over it.
+FIX_OTEL_PROTO = $(BIN)/pip install --quiet --force-reinstall --no-deps \
+	"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+
 $(RUN_STAMP): pyproject.toml | $(BIN)/python native-deps
 	$(BIN)/pip install --quiet -e .
+	$(FIX_OTEL_PROTO)
 	$(BIN)/python -m hivemind_ratelimit.rls.h2build || echo "warning: server.transport nghttp2 unavailable"
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python native-deps
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(FIX_OTEL_PROTO)
 	$(BIN)/python -m hivemind_ratelimit.rls.h2build || echo "warning: server.transport nghttp2 unavailable"
 	touch $@ $(RUN_STAMP)
 
