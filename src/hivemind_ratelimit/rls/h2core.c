@@ -452,7 +452,7 @@ int hm_next(hm_conn *c, hm_request *out) {
         if (s->closed) { stream_free(c, s); continue; }
         if (s->answered) continue;
         if (s->http_status) { answer_http(c, s, s->http_status); continue; }
-        if (!s->error && s->deadline && now_us() > s->deadline)
+        if (!s->error && s->deadline && now_us() >= s->deadline)
             set_error(s, HM_ST_DEADLINE_EXCEEDED, "deadline exceeded before the call was handled%s", "");
         if (!s->error && (s->prefix_len < 5 || s->len < s->need))
             set_error(s, HM_ST_INTERNAL, "the request message is missing or incomplete%s", "");
@@ -540,7 +540,7 @@ int hm_expire(hm_conn *c) {
     int64_t now = now_us();
     int count = 0;
     for (hm_stream *s = c->streams; s; s = s->next) {
-        if (s->deadline && now > s->deadline && !s->answered && !s->queued && !s->closed) {
+        if (s->deadline && now >= s->deadline && !s->answered && !s->queued && !s->closed) {
             answer_status(c, s, HM_ST_DEADLINE_EXCEEDED, "deadline exceeded");
             count++;
         }
