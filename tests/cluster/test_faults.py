@@ -88,6 +88,7 @@ def test_a_member_that_leaves_hands_over_its_counts(cluster_factory: ClusterFact
     # cluster, so it gets an equal share, and so does n0 after it (n2 reported nothing).
     cluster = cluster_factory(RULES, 3, node_settings={2: {"mesh.sync_interval": "1h"}})
     cluster.wait_linked()
+    time.sleep(0.5)  # n2's first tick (which syncs at once, then hourly) is behind us
     entries = {"big": "leave"}
     hit = cluster.clients.hit
     assert hit(cluster[2].grpc_target, DOMAIN, entries, 12) == 12

@@ -95,19 +95,23 @@ class _Link:
         try:
             while True:
                 envelope = await self.queue.get()
-                if envelope is None:
-                    return
-                self._on_bytes(envelope.ByteSize())
-                await self.stream.write(envelope)
+                try:
+                    if envelope is None:
+                        return
+                    self._on_bytes(envelope.ByteSize())
+                    await self.stream.write(envelope)
+                finally:
+                    self.queue.task_done()
         except (grpc.RpcError, asyncio.InvalidStateError, RuntimeError, grpc.aio.UsageError):
             pass
         finally:
             self.closed.set()
 
     async def flush(self, timeout: float) -> None:
-        self.queue.put_nowait(None)
+        """Until everything queued is written; the stream stays open (the peer, having
+        read a leave announcement, is the one to close it, so nothing is cut short)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.writer), timeout)
+            await asyncio.wait_for(self.queue.join(), timeout)
 
     def close(self) -> None:
         self.closed.set()
@@ -174,6 +178,11 @@ class MeshTransport:
         self._stopping = True
         self._dispatch(self.core.leave(self.clock.now()))
         await asyncio.gather(*(link.flush(timeout) for link in list(self.links.values())))
+        # A written message may still sit in a socket buffer: wait (bounded) until the
+        # peers, having read the announcement, drop their streams to us.
+        deadline = self.clock.now() + timeout
+        while self.links and self.clock.now() < deadline:
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -307,6 +316,11 @@ class MeshTransport:
         self._address_peer[address] = hello.node_id
         if hello.node_id == self.core.node_id:
             self._own_addresses.add(address)
+            await call.done_writing()
+            return
+        if hello.node_id in self.links:
+            # Linked already (this dial started before the peer's own stream came up):
+            # keep that stream rather than replace it and exchange full states again.
             await call.done_writing()
             return
         self._check_hello(hello)
