@@ -30,14 +30,7 @@ _new_request = Request._make
 
 
 def _varint(value: int) -> bytes:
-    if value < 0x4000:
-        return _VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return _VARINTS[value] if value < 0x4000 else _encode_varint(value)
 
 
 def _encode_varint(value: int) -> bytes:
