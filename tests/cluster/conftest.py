@@ -7,30 +7,19 @@ running is attached to its report.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from cluster.cluster_harness import RULES, Cluster, ProxyHub
-from integration.hivemind_harness import ManagedProcess, ensure_window_room
+from integration.hivemind_harness import ensure_window_room
 
 ClusterFactory = Callable[..., Cluster]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cluster: starts several hivemind processes that form a mesh")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed and call.when in ("setup", "call"):
-        for process in sorted(ManagedProcess.live, key=lambda p: p.name):
-            report.sections.append((f"log of {process.name} (pid {process.pid})", process.log_tail()))
-    return report
 
 
 class _Factory:

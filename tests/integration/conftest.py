@@ -9,7 +9,7 @@ as `integration.hivemind_harness` (pytest puts tests/ on sys.path, as for tests/
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,21 +17,9 @@ import pytest
 from integration.hivemind_harness import (
     HivemindFactory,
     HivemindProcess,
-    ManagedProcess,
     find_envoy_binary,
     stop_all,
 )
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed and call.when in ("setup", "call"):
-        for process in sorted(ManagedProcess.live, key=lambda p: p.name):
-            report.sections.append((f"log of {process.name} (pid {process.pid})", process.log_tail()))
-    return report
 
 
 def _factory(workdir: Path) -> tuple[HivemindFactory, list[HivemindProcess]]:

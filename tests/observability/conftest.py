@@ -14,7 +14,6 @@ from integration.conftest import (  # noqa: F401 - fixtures and a hook, used by 
     envoy_binary,
     hivemind_factory,
     module_hivemind_factory,
-    pytest_runtest_makereport,
 )
 from observability.otlp_receiver import OtlpReceiver
 
