@@ -153,9 +153,10 @@ class ClusterView:
         rest is split among the members we hear from.
         """
         now = self.clock.now()
-        counter.lease_until = now + self.lease
+        mesh = counter.mesh_state()
+        mesh.lease_until = now + self.lease
         held = 0
-        leases = counter.leases
+        leases = mesh.leases
         if leases:
             for slot, (unspent, until) in list(leases.items()):
                 if until > now:
@@ -166,12 +167,12 @@ class ClusterView:
             share = self.allowance(counter.key, remaining)
         else:
             demands = self.demands(counter.key)
-            if counter.reserve_gen != self.unreachable_gen:
+            if mesh.reserve_gen != self.unreachable_gen:
                 shares = split(remaining, demands, counter.key)
-                counter.reserved = sum(shares[m] for m in self.unreachable if m in shares)
-                counter.reserve_gen = self.unreachable_gen
+                mesh.reserved = sum(shares[m] for m in self.unreachable if m in shares)
+                mesh.reserve_gen = self.unreachable_gen
             reachable = {m: d for m, d in demands.items() if m not in self.unreachable}
-            share = split(remaining - counter.reserved, reachable, counter.key)[self.node_id]
+            share = split(remaining - mesh.reserved, reachable, counter.key)[self.node_id]
         return max(0, min(share, remaining - held))
 
     def forget_idle(self) -> int:

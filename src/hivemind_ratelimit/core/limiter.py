@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock
-from hivemind_ratelimit.core.store import Counter, CounterStore
+from hivemind_ratelimit.core.store import Counter, CounterMesh, CounterStore
 from hivemind_ratelimit.core.windows import Unit, sliding_weight_count
 from hivemind_ratelimit.rules import matcher
 from hivemind_ratelimit.rules.model import EMPTY_RULESET, Algorithm, Consistency, Domain, Limit, Rule, RuleSet
@@ -312,8 +312,9 @@ class Limiter:
         counter.limit = rps
         mode = spec.mode
         if mode is Consistency.LOCAL:
-            counter.shared = False
-        before = counter.own + counter.remote_total
+            counter.seen = -1  # not shared (Counter.shared)
+        mesh = counter.mesh
+        before = counter.own if mesh is None else counter.own + mesh.remote_total
         if spec.sliding:
             previous = self.store.get(key, start - length)
             if previous is not None:
@@ -326,26 +327,28 @@ class Limiter:
         # Bounded: within the global limit, but this node may only spend its allowance,
         # its share of the budget (core/allowance.py). A new one is asked for when the
         # lease ran out, or when the hits do not fit and the view changed since.
-        if counter.allowance < 0 or now >= counter.lease_until:
-            self._allow(cluster, counter, rps - before)
-        if counter.spent + hits <= counter.allowance:
+        if mesh is None:
+            mesh = counter.mesh = CounterMesh()
+        if mesh.allowance < 0 or now >= mesh.lease_until:
+            self._allow(cluster, counter, mesh, rps - before)
+        if mesh.spent + hits <= mesh.allowance:
             return _Check(spec, counter, before, after, False, reset, spend=True)
-        if counter.stale:
-            self._allow(cluster, counter, rps - before)
-            if counter.spent + hits <= counter.allowance:
+        if mesh.stale:
+            self._allow(cluster, counter, mesh, rps - before)
+            if mesh.spent + hits <= mesh.allowance:
                 return _Check(spec, counter, before, after, False, reset, spend=True)
-        if counter.fresh and counter.allowance == 0 and counter.spent == 0 and hits <= 1:
+        if mesh.fresh and mesh.allowance == 0 and mesh.spent == 0 and hits <= 1:
             # Cold start: demand is not known yet; one hit per member may pass.
             return _Check(spec, counter, before, after, False, reset, spend=True)
         # Refused by the allowance while the global count is under the limit: not
         # counted, or refused hits would eat the budget the busy node needs.
         return _Check(spec, counter, before, after, True, reset, count=False)
 
-    def _allow(self, cluster: ClusterView, counter: Counter, remaining: int) -> None:
-        counter.allowance = cluster.allowance_for(counter, remaining)
-        counter.spent = 0
-        counter.stale = False
-        counter.fresh = cluster.is_new(counter.key)
+    def _allow(self, cluster: ClusterView, counter: Counter, mesh: CounterMesh, remaining: int) -> None:
+        mesh.allowance = cluster.allowance_for(counter, remaining)
+        mesh.spent = 0
+        mesh.stale = False
+        mesh.fresh = cluster.is_new(counter.key)
         self.store.dirty.add(counter)  # peers learn the new lease with the next deltas
 
     # -- step 3 ------------------------------------------------------------------------
@@ -360,7 +363,9 @@ class Limiter:
         index: int,
         decision: Decision,
     ) -> DescriptorStatus:
-        dirty = self.store.dirty
+        # Counters changed for the mesh's next deltas; without a cluster view no mesh
+        # drains them, so they are not collected (for a million counters, ~30 MB).
+        dirty = self.store.dirty if self.cluster is not None else None
         overflow = False
         done: list[int] = []  # two limits of one window length share a counter: add once
         for check in checks:
@@ -376,10 +381,13 @@ class Limiter:
                 if not check.over:
                     counter.admitted += hits
                 if check.spend:
-                    counter.spent += hits
-            if counter.shared and hits:
+                    mesh = counter.mesh
+                    assert mesh is not None  # made by _evaluate with the allowance
+                    mesh.spent += hits
+            if hits and counter.seen >= 0:  # shared (Counter.shared)
                 counter.seen += hits
-                dirty.add(counter)
+                if dirty is not None:
+                    dirty.add(counter)
         if overflow:
             self.stats.counter_overflow += 1
         # The most restrictive limit: the first one over, else the one with least left.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.gcounter import make_slot
 from hivemind_ratelimit.core.limiter import KEY_SEPARATOR
-from hivemind_ratelimit.core.store import Counter, CounterStore
+from hivemind_ratelimit.core.store import Counter, CounterMesh, CounterStore
 from hivemind_ratelimit.mesh.membership import Change, Membership, State
 from hivemind_ratelimit.mesh.proto import mesh_pb2 as pb
 
@@ -77,6 +77,13 @@ class _Probe:
     indirect_at: float
     acked: bool = False
     indirect_sent: bool = False
+
+
+def _unspent(mesh: CounterMesh | None, now: float) -> int:
+    """What is left of this node's allowance while its lease runs (0 without one)."""
+    if mesh is None or mesh.allowance < 0 or now >= mesh.lease_until:
+        return 0
+    return max(0, mesh.allowance - mesh.spent)
 
 
 def _ns(now: float) -> int:
@@ -296,14 +303,15 @@ class MeshCore:
                 counter.limit = limit
             counter.merge_slot(slot, count, admitted)
             if unspent:
+                mesh = counter.mesh_state()
                 held = unspent[index]
                 if held:
-                    if counter.leases is None:
-                        counter.leases = {}
-                    counter.leases[slot] = (held, lease_until)
-                elif counter.leases:
-                    counter.leases.pop(slot, None)
-                counter.stale = True  # the free budget changed
+                    if mesh.leases is None:
+                        mesh.leases = {}
+                    mesh.leases[slot] = (held, lease_until)
+                elif mesh.leases:
+                    mesh.leases.pop(slot, None)
+                mesh.stale = True  # the free budget changed
 
     def _gossip(self, members: Iterable[pb.Member], now: float) -> None:
         for m in members:
@@ -375,8 +383,9 @@ class MeshCore:
                 continue
             seen[counter.key] = seen.get(counter.key, 0) + counter.seen
             counter.seen = 0
-            if 0 <= counter.allowance <= counter.spent:
-                counter.allowance = -1  # spent: ask for a new share at next use
+            mesh = counter.mesh
+            if mesh is not None and 0 <= mesh.allowance <= mesh.spent:
+                mesh.allowance = -1  # spent: ask for a new share at next use
             changed.append(counter)
         if not changed:
             return []
@@ -397,10 +406,7 @@ class MeshCore:
                     retain_windows=[
                         2 if c.retain_until - c.window_start > 1.5 * c.length else 1 for c in batch
                     ],
-                    unspent=[
-                        max(0, c.allowance - c.spent) if c.allowance >= 0 and now < c.lease_until else 0
-                        for c in batch
-                    ],
+                    unspent=[_unspent(c.mesh, now) for c in batch],
                 )
             )
         return out
