@@ -75,6 +75,8 @@ class DescriptorStatus(NamedTuple):
     reset_seconds: int = 0
 
 
+_OK, _OVER_LIMIT = Code.OK.value, Code.OVER_LIMIT.value
+
 STATUS_NO_LIMIT = DescriptorStatus(Code.OK)
 STATUS_UNLIMITED = DescriptorStatus(Code.OK, remaining=UINT32_MAX)
 
@@ -275,6 +277,106 @@ class Limiter:
             decision.headers = _headers(statuses)
         return decision
 
+    # -- the planned path ------------------------------------------------------------
+
+    def plan(self, request: Request) -> Plan | None:
+        """A plan for a request whose every descriptor needs nothing but one plain
+        fixed-window limit (or none, or unlimited); None for any other request.
+
+        `decide_plan` then decides it in one pass with what the plan precomputed, with
+        exactly the counts, stats and statuses `decide` gives (tests/property checks
+        both against each other). A plan belongs to the rules and options it was made
+        with (`Plan.made_for`); after a reload it is made again.
+        """
+        options = self.options
+        if options.shadow_mode or options.stop_increment_when_over_limit or options.response_headers:
+            return None
+        domain = self.rules.domains.get(request.domain)
+        if domain is None:
+            return None
+        items: list[PlanItem] = []
+        keys: set[str] = set()
+        for descriptor in request.descriptors:
+            if descriptor.override is not None or descriptor.hits_addend is not None:
+                return None
+            found = self._resolve(domain, descriptor.entries)
+            if found is None:
+                items.append(PlanItem(None, STATUS_NO_LIMIT, None))
+                continue
+            rule = found.rule
+            if found.replaces or len(found.specs) != 1 or rule is None or rule.quota_mode or rule.shadow_mode:
+                return None
+            spec = found.specs[0]
+            if spec.limit.unlimited:
+                items.append(PlanItem(None, STATUS_UNLIMITED, None))
+                continue
+            if spec.sliding or spec.key in keys:
+                return None  # sliding windows, or two descriptors counting on one counter
+            keys.add(spec.key)
+            items.append(PlanItem(spec, None, self.stats.rule(domain.name, found.stats_key)))
+        return Plan((self.rules, options), tuple(items), max(request.hits_addend, 1))
+
+    def decide_plan(self, plan: Plan) -> list[int] | None:
+        """Decide a planned request: the overall code (a Code value), then per item the
+        remaining count after its hits (-1: over limit, -2: an item without a limit) and
+        the seconds until its window resets. None when this call needs `decide` after
+        all (a store without room for the request's counters, bounded mode in an active
+        cluster); nothing is counted then.
+        """
+        store = self.store
+        cluster = self.cluster
+        active = cluster is not None and cluster.active
+        if (active and plan.bounded) or len(store) + len(plan.items) > store.max_counters:
+            return None
+        dirty = store.dirty if cluster is not None else None
+        now = self.clock.now()
+        seconds = int(now)
+        grace = self.options.grace_seconds
+        hits = plan.hits
+        out = [_OK]
+        for item in plan.items:
+            spec = item.spec
+            if spec is None:
+                out.append(-2)
+                out.append(0)
+                continue
+            length = spec.length
+            start = int(now // length) * length
+            counter = store.get_or_create(spec.key, start, length, start + spec.retain + grace, now)
+            assert counter is not None  # there was room for every counter of the request
+            rps = spec.rps
+            counter.limit = rps
+            if spec.mode is Consistency.LOCAL:
+                counter.seen = -1
+            mesh = counter.mesh
+            before = counter.own if mesh is None else counter.own + mesh.remote_total
+            after = before + hits
+            counter.own += hits
+            if counter.seen >= 0:
+                counter.seen += hits
+                if dirty is not None:
+                    dirty.add(counter)
+            stats = item.stats
+            assert stats is not None  # an item with a limit has its rule's stats
+            stats.total_hits += hits
+            near = spec.near
+            if after > rps:
+                if before >= rps:
+                    stats.over_limit += hits
+                else:
+                    stats.over_limit += after - rps
+                    stats.near_limit += rps - max(near, before)
+                out[0] = _OVER_LIMIT
+                out.append(-1)
+            else:
+                counter.admitted += hits
+                if after > near:
+                    stats.near_limit += hits if before >= near else after - near
+                stats.within_limit += hits
+                out.append(rps - after)
+            out.append(length - seconds % length)
+        return out
+
     # -- step 1 ------------------------------------------------------------------------
 
     def _resolve(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
@@ -435,6 +537,32 @@ class Limiter:
 
 
 _MISSING: Any = object()
+
+
+class PlanItem(NamedTuple):
+    """One descriptor of a plan: its limit, or the fixed status of a descriptor without one."""
+
+    spec: _Spec | None  # None: `status` is the answer (no matching rule, or unlimited)
+    status: DescriptorStatus | None
+    stats: RuleStats | None
+
+    @property
+    def current(self) -> CurrentLimit | None:
+        return None if self.spec is None else self.spec.current
+
+
+class Plan:
+    """What `Limiter.plan` precomputed for one request shape (see there)."""
+
+    __slots__ = ("bounded", "hits", "items", "made_for")
+
+    def __init__(
+        self, made_for: tuple[RuleSet, LimiterOptions], items: tuple[PlanItem, ...], hits: int
+    ) -> None:
+        self.made_for = made_for
+        self.items = items
+        self.hits = hits
+        self.bounded = any(item.spec is not None and item.spec.mode is Consistency.BOUNDED for item in items)
 
 
 def _apply_replaces(resolved: Sequence[_Resolved | None]) -> list[tuple[_Spec, ...]]:

@@ -21,7 +21,15 @@ Both are checked against the protobuf runtime in tests/transport/test_wire.py.
 
 from __future__ import annotations
 
-from hivemind_ratelimit.core.limiter import CurrentLimit, Decision, Request, RequestDescriptor
+from hivemind_ratelimit.core.limiter import (
+    Code,
+    CurrentLimit,
+    Decision,
+    DescriptorStatus,
+    Plan,
+    Request,
+    RequestDescriptor,
+)
 from hivemind_ratelimit.rls.convert import response_to_proto
 from hivemind_ratelimit.settings import RequestLimits
 
@@ -163,8 +171,7 @@ def _limit_bytes(limit: CurrentLimit) -> bytes:
     return found
 
 
-_OVERALL = [b"\x08" + _SMALL[n] for n in range(3)]
-_CODE = _OVERALL
+_CODE = [b"\x08" + _SMALL[n] for n in range(3)]  # field 1 (code) of either message
 
 
 def response_bytes(decision: Decision) -> bytes:
@@ -173,19 +180,8 @@ def response_bytes(decision: Decision) -> bytes:
         return response_to_proto(decision).SerializeToString()  # type: ignore[no-any-return]
     varint = _varint
     parts = [_CODE[decision.overall]] if decision.overall else []
-    for code, limit, remaining, reset in decision.statuses:
-        body = _CODE[code] if code else b""
-        if limit is not None:
-            body += _limit_bytes(limit)
-        if remaining:
-            body += b"\x18" + varint(remaining)
-        if limit is not None:  # duration_until_reset is set whenever the limit is
-            if reset:
-                seconds = varint(reset)
-                body += b"\x22" + _SMALL[len(seconds) + 1] + b"\x08" + seconds
-            else:
-                body += b"\x22\x00"
-        parts.append(b"\x12" + varint(len(body)) + body)
+    for status in decision.statuses:
+        parts.append(_status_bytes(status))
     for key, value in decision.headers:
         k, v = key.encode(), value.encode()
         body = (b"\x0a" + varint(len(k)) + k if k else b"") + (b"\x12" + varint(len(v)) + v if v else b"")
@@ -193,4 +189,65 @@ def response_bytes(decision: Decision) -> bytes:
     return b"".join(parts)
 
 
-_CODE = [b"\x08" + _SMALL[n] for n in range(3)]  # field 1 (code) of either message
+def _status_bytes(status: DescriptorStatus) -> bytes:
+    """One encoded `statuses` field (tag, length, DescriptorStatus)."""
+    code, limit, remaining, reset = status
+    body = _CODE[code] if code else b""
+    if limit is not None:
+        body += _limit_bytes(limit)
+    if remaining:
+        body += b"\x18" + _varint(remaining)
+    if limit is not None:  # duration_until_reset is set whenever the limit is
+        if reset:
+            seconds = _varint(reset)
+            body += b"\x22" + _SMALL[len(seconds) + 1] + b"\x08" + seconds
+        else:
+            body += b"\x22\x00"
+    return b"\x12" + _varint(len(body)) + body
+
+
+class PlanEncoder:
+    """Response bytes for the results of `Limiter.decide_plan`, as `response_bytes`
+    writes them for the same decision: each descriptor's constant part (its limit, or
+    the whole status of a descriptor without one) is encoded once per plan.
+    """
+
+    __slots__ = ("_items", "plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        items: list[tuple[bytes, bytes, bytes]] = []
+        for item in plan.items:
+            limit = item.current
+            if limit is None:
+                assert item.status is not None
+                items.append((_status_bytes(item.status), b"", b""))
+            else:
+                encoded = _limit_bytes(limit)
+                items.append((b"", _CODE[Code.OK] + encoded, _CODE[Code.OVER_LIMIT] + encoded))
+        self._items = tuple(items)
+
+    def encode(self, results: list[int]) -> bytes:
+        varint = _varint
+        parts = [_CODE[results[0]]]
+        i = 1
+        for fixed, ok, over in self._items:
+            if fixed:
+                parts.append(fixed)
+            else:
+                remaining = results[i]
+                if remaining < 0:
+                    body = over
+                elif remaining:
+                    body = ok + b"\x18" + varint(remaining)
+                else:
+                    body = ok
+                reset = results[i + 1]
+                if reset:
+                    seconds = varint(reset)
+                    body += b"\x22" + _SMALL[len(seconds) + 1] + b"\x08" + seconds
+                else:
+                    body += b"\x22\x00"
+                parts.append(b"\x12" + varint(len(body)) + body)
+            i += 2
+        return b"".join(parts)
