@@ -296,6 +296,7 @@ class Limiter:
             return None
         items: list[PlanItem] = []
         keys: set[str] = set()
+        grace = options.grace_seconds
         for descriptor in request.descriptors:
             if descriptor.override is not None or descriptor.hits_addend is not None:
                 return None
@@ -313,7 +314,12 @@ class Limiter:
             if spec.sliding or spec.key in keys:
                 return None  # sliding windows, or two descriptors counting on one counter
             keys.add(spec.key)
-            items.append(PlanItem(spec, None, self.stats.rule(domain.name, found.stats_key)))
+            stats = self.stats.rule(domain.name, found.stats_key)
+            count = (
+                spec.key, spec.length, spec.retain + grace, spec.rps, spec.near,
+                spec.mode is Consistency.LOCAL, stats,
+            )  # fmt: skip
+            items.append(PlanItem(spec, None, count))
         return Plan((self.rules, options), tuple(items), max(request.hits_addend, 1))
 
     def decide_plan(self, plan: Plan) -> list[int] | None:
@@ -325,28 +331,26 @@ class Limiter:
         """
         store = self.store
         cluster = self.cluster
-        active = cluster is not None and cluster.active
-        if (active and plan.bounded) or len(store) + len(plan.items) > store.max_counters:
+        if (plan.bounded and cluster is not None and cluster.active) or (
+            store.size + plan.counters > store.max_counters
+        ):
             return None
         dirty = store.dirty if cluster is not None else None
         now = self.clock.now()
         seconds = int(now)
-        grace = self.options.grace_seconds
         hits = plan.hits
+        get_or_create = store.get_or_create
         out = [_OK]
-        for item in plan.items:
-            spec = item.spec
-            if spec is None:
-                out.append(-2)
-                out.append(0)
+        for count in plan.counts:
+            if count is None:
+                out += _NO_LIMIT_RESULT
                 continue
-            length = spec.length
+            key, length, keep, rps, near, local, stats = count
             start = int(now // length) * length
-            counter = store.get_or_create(spec.key, start, length, start + spec.retain + grace, now)
+            counter = get_or_create(key, start, length, start + keep, now)
             assert counter is not None  # there was room for every counter of the request
-            rps = spec.rps
             counter.limit = rps
-            if spec.mode is Consistency.LOCAL:
+            if local:
                 counter.seen = -1
             mesh = counter.mesh
             before = counter.own if mesh is None else counter.own + mesh.remote_total
@@ -356,10 +360,7 @@ class Limiter:
                 counter.seen += hits
                 if dirty is not None:
                     dirty.add(counter)
-            stats = item.stats
-            assert stats is not None  # an item with a limit has its rule's stats
             stats.total_hits += hits
-            near = spec.near
             if after > rps:
                 if before >= rps:
                     stats.over_limit += hits
@@ -539,12 +540,18 @@ class Limiter:
 _MISSING: Any = object()
 
 
+# What decide_plan needs of one counted limit: counter key, window length, retention
+# after the window start (grace included), limit, near-limit threshold, local, rule stats.
+PlanCount = tuple[str, int, float, int, int, bool, RuleStats]
+_NO_LIMIT_RESULT = (-2, 0)
+
+
 class PlanItem(NamedTuple):
     """One descriptor of a plan: its limit, or the fixed status of a descriptor without one."""
 
     spec: _Spec | None  # None: `status` is the answer (no matching rule, or unlimited)
     status: DescriptorStatus | None
-    stats: RuleStats | None
+    counted: PlanCount | None
 
     @property
     def current(self) -> CurrentLimit | None:
@@ -554,13 +561,15 @@ class PlanItem(NamedTuple):
 class Plan:
     """What `Limiter.plan` precomputed for one request shape (see there)."""
 
-    __slots__ = ("bounded", "hits", "items", "made_for")
+    __slots__ = ("bounded", "counters", "counts", "hits", "items", "made_for")
 
     def __init__(
         self, made_for: tuple[RuleSet, LimiterOptions], items: tuple[PlanItem, ...], hits: int
     ) -> None:
         self.made_for = made_for
         self.items = items
+        self.counts = tuple(item.counted for item in items)
+        self.counters = sum(1 for count in self.counts if count is not None)
         self.hits = hits
         self.bounded = any(item.spec is not None and item.spec.mode is Consistency.BOUNDED for item in items)
 

@@ -316,13 +316,13 @@ class CounterStore:
             raise ValueError("max_counters must be at least 1")
         self.max_counters = max_counters
         self._heads: dict[str, Counter] = {}
-        self._size = 0
+        self.size = 0  # live counters (read-only outside the store)
         self.dirty: set[Counter] = set()  # shared counters changed since the last sync tick
         self._sweep_every = sweep_every
         self._next_sweep = 0.0
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def __iter__(self) -> Iterator[Counter]:
         out: list[Counter] = []
@@ -354,7 +354,7 @@ class CounterStore:
             if counter.window[0] == window_start:
                 return counter
             counter = counter.prev
-        if self._size >= self.max_counters:
+        if self.size >= self.max_counters:
             # Sweep at most every `sweep_every` seconds, so a store full of live
             # counters does not turn every request into a full scan.
             if now < self._next_sweep:
@@ -373,7 +373,7 @@ class CounterStore:
                 after = after.prev
             counter.prev = after.prev
             after.prev = counter
-        self._size += 1
+        self.size += 1
         return counter
 
     def expire(self, now: float, closed: list[Counter] | None = None) -> int:
@@ -413,5 +413,5 @@ class CounterStore:
             heads[key] = kept[0]  # replaces a value: the dict's size does not change
         for key in emptied:
             del heads[key]
-        self._size -= dropped
+        self.size -= dropped
         return dropped

@@ -38,7 +38,13 @@ _new_request = Request._make
 
 
 def _varint(value: int) -> bytes:
-    return _VARINTS[value] if value < 0x4000 else _encode_varint(value)
+    if value < 0x4000:
+        return _VARINTS[value]
+    if value < 0x10000000:  # 14 bits at a time from the tables
+        return _LOW14[value & 0x3FFF] + _VARINTS[value >> 14]
+    if value < 0x40000000000:
+        return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + _VARINTS[value >> 28]
+    return _encode_varint(value)
 
 
 def _encode_varint(value: int) -> bytes:
@@ -50,7 +56,10 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-_VARINTS = [_encode_varint(n) for n in range(0x4000)]  # one and two bytes: ~0.6 MB
+# One and two bytes (~0.6 MB each): the low 14 bits of a longer varint, with their
+# continuation bits, and whole varints below 2**14.
+_VARINTS = [_encode_varint(n) for n in range(0x4000)]
+_LOW14 = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(0x4000)]
 _SMALL = _VARINTS[:0x80]
 
 
@@ -195,14 +204,9 @@ def _status_bytes(status: DescriptorStatus) -> bytes:
     body = _CODE[code] if code else b""
     if limit is not None:
         body += _limit_bytes(limit)
-    if remaining:
-        body += b"\x18" + _varint(remaining)
+    body += _remaining_field(remaining)
     if limit is not None:  # duration_until_reset is set whenever the limit is
-        if reset:
-            seconds = _varint(reset)
-            body += b"\x22" + _SMALL[len(seconds) + 1] + b"\x08" + seconds
-        else:
-            body += b"\x22\x00"
+        body += _reset_field(reset)
     return b"\x12" + _varint(len(body)) + body
 
 
@@ -228,26 +232,46 @@ class PlanEncoder:
         self._items = tuple(items)
 
     def encode(self, results: list[int]) -> bytes:
-        varint = _varint
+        # Table lookups inline: this runs once per request.
+        remaining_table, reset_table, heads, table = _REMAINING, _RESET, _STATUS_HEADS, _TABLE
         parts = [_CODE[results[0]]]
         i = 1
         for fixed, ok, over in self._items:
             if fixed:
                 parts.append(fixed)
-            else:
-                remaining = results[i]
-                if remaining < 0:
-                    body = over
-                elif remaining:
-                    body = ok + b"\x18" + varint(remaining)
-                else:
-                    body = ok
-                reset = results[i + 1]
-                if reset:
-                    seconds = varint(reset)
-                    body += b"\x22" + _SMALL[len(seconds) + 1] + b"\x08" + seconds
-                else:
-                    body += b"\x22\x00"
-                parts.append(b"\x12" + varint(len(body)) + body)
+                i += 2
+                continue
+            remaining = results[i]
+            reset = results[i + 1]
             i += 2
+            tail = reset_table[reset] if reset < table else _reset_field(reset)
+            if remaining < 0:
+                body = over + tail
+            elif remaining < table:
+                body = ok + remaining_table[remaining] + tail
+            else:
+                body = ok + _remaining_field(remaining) + tail
+            size = len(body)
+            parts.append(heads[size] + body if size < 0x80 else b"\x12" + _varint(size) + body)
         return b"".join(parts)
+
+
+def _remaining_field(remaining: int) -> bytes:
+    """`limit_remaining` (absent when 0)."""
+    return _REMAINING[remaining] if remaining < _TABLE else b"\x18" + _varint(remaining)
+
+
+def _reset_field(seconds: int) -> bytes:
+    """`duration_until_reset` as a Duration of whole seconds (empty when 0)."""
+    if seconds < _TABLE:
+        return _RESET[seconds]
+    encoded = _varint(seconds)
+    return b"\x22" + _SMALL[len(encoded) + 1] + b"\x08" + encoded
+
+
+_TABLE = 3601  # remaining counts and reset seconds up to an hour: precomputed (~0.3 MB)
+_REMAINING = [b""] + [b"\x18" + _varint(n) for n in range(1, _TABLE)]
+_RESET = [b"\x22\x00"] + [
+    b"\x22" + _SMALL[len(_varint(n)) + 1] + b"\x08" + _varint(n) for n in range(1, _TABLE)
+]
+_STATUS_HEADS = [b"\x12" + _SMALL[n] for n in range(0x80)]  # tag and length of a short status
