@@ -14,7 +14,15 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # -- build: install the package and its dependencies into a virtual environment --------
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
+    HIVEMIND_BUILD_CACHE=/opt/hivemind/native
+# A C compiler and libnghttp2's headers, for the native HTTP/2 core of the RLS server
+# (server.transport auto/nghttp2); the run stage needs only the library. Debian's
+# packages of this base image's release, not pinned (they follow its security updates).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/hivemind
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
@@ -25,13 +33,20 @@ RUN /opt/hivemind/bin/pip install . \
     && /opt/hivemind/bin/pip install --force-reinstall --no-deps \
        "opentelemetry-proto==$(/opt/hivemind/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
     && /opt/hivemind/bin/python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope" \
-    && /opt/hivemind/bin/hivemind --version
+    && /opt/hivemind/bin/hivemind --version \
+    && /opt/hivemind/bin/python -m hivemind_ratelimit.rls.h2build
 
 # -- run: the virtual environment, the default config and rules, a non-root user --------
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="hivemind-ratelimit" \
       org.opencontainers.image.description="Distributed rate limit service for Envoy: a peer-to-peer mesh of sidecars, no Redis." \
       org.opencontainers.image.licenses="Apache-2.0"
+# libnghttp2 for the native core built above (in $HIVEMIND_BUILD_CACHE, found by its
+# hash of the source and the Python version, which both stages share).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnghttp2-14 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 hivemind \
     && useradd --system --uid 10001 --gid hivemind --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin hivemind
@@ -43,6 +58,7 @@ COPY config/ratelimit.yaml /etc/hivemind/rules/ratelimit.yaml
 RUN ln -s rules /etc/hivemind/config
 WORKDIR /etc/hivemind
 ENV PATH=/opt/hivemind/bin:$PATH \
+    HIVEMIND_BUILD_CACHE=/opt/hivemind/native \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001

@@ -5,7 +5,9 @@ builds or runs an image. What can be checked is: the Dockerfile lints (hadolint)
 says what it must (multi-stage, slim Python 3.11, non-root USER, EXPOSE 8080 8081 7946,
 a HEALTHCHECK on /healthcheck, exec-form ENTRYPOINT/CMD with /etc/hivemind/config.yaml);
 every file it copies exists and passes .dockerignore; the build context makes a wheel
-of the package; the config it bakes in is valid and points at the rules it bakes in.
+of the package, and the native HTTP/2 core builds from that wheel into a cache that a
+later process loads as is (what the build and run stages do); the config it bakes in
+is valid and points at the rules it bakes in.
 The compose file validates against the compose specification's schema, and its
 services, ports, volumes, peers and Envoy addresses refer to things that exist. The
 environment itself runs as its twin in test_twin.py.
@@ -162,8 +164,10 @@ def _build_context(target: Path) -> Path:
     return target
 
 
-def test_the_build_context_makes_a_wheel_of_the_package(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What the build stage's `pip install .` builds, from exactly the build context."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     context = _build_context(tmp_path / "context")
     result = subprocess.run(
         [
@@ -184,7 +188,11 @@ def test_the_build_context_makes_a_wheel_of_the_package(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = tmp_path.glob("hivemind_ratelimit-*.whl")
+    (built,) = tmp_path.glob("hivemind_ratelimit-*.whl")
+    return built
+
+
+def test_the_build_context_makes_a_wheel_of_the_package(wheel: Path) -> None:
     assert wheel.name.startswith(f"hivemind_ratelimit-{__version__}-")
     names = zipfile.ZipFile(wheel).namelist()
     for module in (
@@ -193,10 +201,72 @@ def test_the_build_context_makes_a_wheel_of_the_package(tmp_path: Path) -> None:
         "admin/status.py",
         "mesh/proto/mesh_pb2.py",
         "mesh/proto/mesh_pb2_grpc.py",
+        "rls/h2core.c",  # the native core's source: compiled in the image, never shipped built
     ):
         assert f"hivemind_ratelimit/{module}" in names, module
+    assert not [n for n in names if n.endswith((".so", ".o"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "hivemind = hivemind_ratelimit.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def _env_of(stage: list[tuple[str, str]], name: str) -> str:
+    values = [
+        m.group(1) for word, arg in stage if word == "ENV" for m in re.finditer(rf"\b{name}=(\S+)", arg)
+    ]
+    assert values, f"{name} is not set in this stage"
+    return values[-1]
+
+
+def test_the_image_builds_the_native_core_once_and_the_run_stage_loads_it(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """The build stage compiles the nghttp2 core into $HIVEMIND_BUILD_CACHE inside the
+    copied virtual environment; the run stage has libnghttp2 and the same cache setting.
+    Done here the same way from the wheel: a second process loads the built core and
+    builds nothing."""
+    steps = instructions()
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    build_stage, run_stage = steps[:last_from], steps[last_from:]
+    cache = _env_of(build_stage, "HIVEMIND_BUILD_CACHE")
+    assert cache == _env_of(run_stage, "HIVEMIND_BUILD_CACHE")
+    assert cache.startswith("/opt/hivemind/")
+    assert ("COPY", "--from=build /opt/hivemind /opt/hivemind") in run_stage
+    build_runs = " ".join(arg for word, arg in build_stage if word == "RUN")
+    assert "libnghttp2-dev" in build_runs and "gcc" in build_runs
+    assert "python -m hivemind_ratelimit.rls.h2build" in build_runs
+    assert any(word == "RUN" and "libnghttp2-14" in arg for word, arg in run_stage)
+
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HIVEMIND_BUILD_CACHE": str(tmp_path / "native")}
+    built = subprocess.run(
+        [sys.executable, "-m", "hivemind_ratelimit.rls.h2build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    files = sorted(p.name for p in (tmp_path / "native").iterdir())
+    assert len(files) == 1 and files[0].endswith(".so"), files
+    check = (
+        "import hivemind_ratelimit, sys; from hivemind_ratelimit.rls import h2build; "
+        "ffi, lib = h2build.load(); print(hivemind_ratelimit.__file__); print(h2build.build())"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    package, path = loaded.stdout.split()
+    assert package.startswith(str(site)), package  # the wheel's code, not this checkout's
+    assert path == str(tmp_path / "native" / files[0])
+    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == files
 
 
 def test_the_baked_config_points_at_the_baked_rules() -> None:
