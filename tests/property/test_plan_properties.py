@@ -6,7 +6,8 @@ Two nodes get the same rules, options and traffic on the same clock: one serves 
 through `decide` and `response_bytes`. Every answer, every counter and every stat must
 be equal. The rules mix what a plan takes (plain fixed windows, no rule, unlimited) with
 what sends a request back to the general path (shadow and quota mode, sliding windows,
-several limits, replaces, options that change the decision, a full store).
+several limits, replaces, options that change the decision, a full store), alone or in
+a cluster whose peers report demand (bounded mode's allowances and leases).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import ManualClock
 from hivemind_ratelimit.core.limiter import Limiter, LimiterOptions, Request, RequestDescriptor
 from hivemind_ratelimit.core.store import CounterStore
@@ -80,7 +82,8 @@ calls = st.lists(
     st.tuples(
         st.lists(entries, min_size=1, max_size=3),
         st.sampled_from((0, 0, 1, 2, 3)),  # hits_addend
-        st.sampled_from((0.0, 0.0, 0.3, 1.0, 7.0)),  # seconds to the next call
+        st.sampled_from((0.0, 0.0, 0.02, 0.3, 1.0, 7.0)),  # seconds to the next call
+        st.sampled_from((None, None, 0.0, 5.0, 50.0)),  # a peer reports this demand (hits/s)
     ),
     min_size=1,
     max_size=40,
@@ -95,35 +98,60 @@ options = st.builds(
 )
 
 
-def node(text: str, opts: LimiterOptions, clock: ManualClock, max_counters: int) -> Limiter:
+def node(
+    text: str, opts: LimiterOptions, clock: ManualClock, max_counters: int, peers: int | None = None
+) -> Limiter:
+    """A limiter; with `peers`, in a cluster of that many live peers (bounded mode applies)."""
+    cluster = None
+    if peers is not None:
+        cluster = ClusterView("me", clock)
+        cluster.members.update(f"p{i}" for i in range(peers))
     return Limiter(
         store=CounterStore(max_counters),
         clock=clock,
         stats=ServiceStats(),
         options=opts,
         rules=load_texts([("r.yaml", text)]),
+        cluster=cluster,
     )
 
 
-def counters(limiter: Limiter) -> list[tuple[str, int, int, int, int, int]]:
-    return sorted((c.key, c.window[0], c.own, c.admitted, c.seen, c.limit) for c in limiter.store)
+def counters(limiter: Limiter) -> list[tuple[object, ...]]:
+    out = []
+    for c in limiter.store:
+        mesh = c.mesh
+        lease = (
+            None if mesh is None else (mesh.allowance, mesh.spent, mesh.fresh, mesh.stale, mesh.lease_until)
+        )
+        out.append((c.key, c.window[0], c.own, c.admitted, c.seen, c.limit, lease))
+    return sorted(out, key=repr)
 
 
 @settings(max_examples=200, deadline=None)
-@given(rule_texts(), options, calls, st.sampled_from((2, 5, 1000, 1000)))
+@given(rule_texts(), options, calls, st.sampled_from((2, 5, 1000, 1000)), st.sampled_from((None, 0, 1, 2)))
 def test_planned_path_agrees_with_the_general_path(
-    text: str, opts: LimiterOptions, traffic: list[tuple[list[list[tuple[str, str]]], int, float]], room: int
+    text: str,
+    opts: LimiterOptions,
+    traffic: list[tuple[list[list[tuple[str, str]]], int, float, float | None]],
+    room: int,
+    peers: int | None,
 ) -> None:
     clock = ManualClock(T0)
-    planned, general = node(text, opts, clock, room), node(text, opts, clock, room)
+    planned, general = node(text, opts, clock, room, peers), node(text, opts, clock, room, peers)
     servicer = RateLimitServicer(planned, RequestLimits(), planned.stats)
-    for descriptors, hits, pause in traffic:
+    for descriptors, hits, pause, demand in traffic:
+        if demand is not None and peers:
+            for limiter in (planned, general):
+                assert limiter.cluster is not None
+                for counter in list(limiter.store):
+                    limiter.cluster.reported(counter.key, "p0", demand)
         data = payload(descriptors, hits)
         request = parse_request(data, RequestLimits())
         assert request is not None
         assert servicer.handle_bytes(data) == response_bytes(general.decide(request))
         clock.advance(pause)
     assert counters(planned) == counters(general)
+    assert len(planned.store.dirty) == len(general.store.dirty)
     assert planned.stats.rules == general.stats.rules
     assert (planned.stats.counter_overflow, planned.stats.global_shadow_mode) == (
         general.stats.counter_overflow,

@@ -317,7 +317,7 @@ class Limiter:
             stats = self.stats.rule(domain.name, found.stats_key)
             count = (
                 spec.key, spec.length, spec.retain + grace, spec.rps, spec.near,
-                spec.mode is Consistency.LOCAL, stats,
+                spec.mode is Consistency.LOCAL, spec.mode is Consistency.BOUNDED, stats,
             )  # fmt: skip
             items.append(PlanItem(spec, None, count))
         return Plan((self.rules, options), tuple(items), max(request.hits_addend, 1))
@@ -325,17 +325,16 @@ class Limiter:
     def decide_plan(self, plan: Plan) -> list[int] | None:
         """Decide a planned request: the overall code (a Code value), then per item the
         remaining count after its hits (-1: over limit, -2: an item without a limit) and
-        the seconds until its window resets. None when this call needs `decide` after
-        all (a store without room for the request's counters, bounded mode in an active
-        cluster); nothing is counted then.
+        the seconds until its window resets. None when the store has no room for the
+        request's counters: `decide` then applies the overflow policy (nothing is
+        counted here then).
         """
         store = self.store
-        cluster = self.cluster
-        if (plan.bounded and cluster is not None and cluster.active) or (
-            store.size + plan.counters > store.max_counters
-        ):
+        if store.size + plan.counters > store.max_counters:
             return None
+        cluster = self.cluster
         dirty = store.dirty if cluster is not None else None
+        view = cluster if cluster is not None and cluster.active else None  # bounded mode applies
         now = self.clock.now()
         seconds = int(now)
         hits = plan.hits
@@ -345,7 +344,7 @@ class Limiter:
             if count is None:
                 out += _NO_LIMIT_RESULT
                 continue
-            key, length, keep, rps, near, local, stats = count
+            key, length, keep, rps, near, local, bounded, stats = count
             start = int(now // length) * length
             counter = get_or_create(key, start, length, start + keep, now)
             assert counter is not None  # there was room for every counter of the request
@@ -355,13 +354,9 @@ class Limiter:
             mesh = counter.mesh
             before = counter.own if mesh is None else counter.own + mesh.remote_total
             after = before + hits
-            counter.own += hits
-            if counter.seen >= 0:
-                counter.seen += hits
-                if dirty is not None:
-                    dirty.add(counter)
             stats.total_hits += hits
             if after > rps:
+                counter.own += hits
                 if before >= rps:
                     stats.over_limit += hits
                 else:
@@ -369,12 +364,25 @@ class Limiter:
                     stats.near_limit += rps - max(near, before)
                 out[0] = _OVER_LIMIT
                 out.append(-1)
+            elif bounded and view is not None and not self._spend(view, counter, rps - before, hits, now):
+                stats.over_limit += hits  # refused by the allowance: not counted
+                out[0] = _OVER_LIMIT
+                out.append(-1)
             else:
+                counter.own += hits
                 counter.admitted += hits
+                if bounded and view is not None:
+                    spending = counter.mesh
+                    assert spending is not None  # made by _spend
+                    spending.spent += hits
                 if after > near:
                     stats.near_limit += hits if before >= near else after - near
                 stats.within_limit += hits
                 out.append(rps - after)
+            if counter.seen >= 0:
+                counter.seen += hits
+                if dirty is not None:
+                    dirty.add(counter)
             out.append(length - seconds % length)
         return out
 
@@ -427,25 +435,31 @@ class Limiter:
         cluster = self.cluster
         if over or mode is not Consistency.BOUNDED or cluster is None or not cluster.active:
             return _Check(spec, counter, before, after, over, reset)
-        # Bounded: within the global limit, but this node may only spend its allowance,
-        # its share of the budget (core/allowance.py). A new one is asked for when the
-        # lease ran out, or when the hits do not fit and the view changed since.
-        if mesh is None:
-            mesh = counter.mesh = CounterMesh()
-        if mesh.allowance < 0 or now >= mesh.lease_until:
-            self._allow(cluster, counter, mesh, rps - before)
-        if mesh.spent + hits <= mesh.allowance:
-            return _Check(spec, counter, before, after, False, reset, spend=True)
-        if mesh.stale:
-            self._allow(cluster, counter, mesh, rps - before)
-            if mesh.spent + hits <= mesh.allowance:
-                return _Check(spec, counter, before, after, False, reset, spend=True)
-        if mesh.fresh and mesh.allowance == 0 and mesh.spent == 0 and hits <= 1:
-            # Cold start: demand is not known yet; one hit per member may pass.
+        if self._spend(cluster, counter, rps - before, hits, now):
             return _Check(spec, counter, before, after, False, reset, spend=True)
         # Refused by the allowance while the global count is under the limit: not
         # counted, or refused hits would eat the budget the busy node needs.
         return _Check(spec, counter, before, after, True, reset, count=False)
+
+    def _spend(self, cluster: ClusterView, counter: Counter, remaining: int, hits: int, now: float) -> bool:
+        """Bounded mode, within the global limit: may this node spend `hits` of its
+        allowance, its share of the `remaining` budget (core/allowance.py)? A new one is
+        asked for when the lease ran out, or when the hits do not fit and the view
+        changed since. The caller adds the hits to `mesh.spent` when it commits them.
+        """
+        mesh = counter.mesh
+        if mesh is None:
+            mesh = counter.mesh = CounterMesh()
+        if mesh.allowance < 0 or now >= mesh.lease_until:
+            self._allow(cluster, counter, mesh, remaining)
+        if mesh.spent + hits <= mesh.allowance:
+            return True
+        if mesh.stale:
+            self._allow(cluster, counter, mesh, remaining)
+            if mesh.spent + hits <= mesh.allowance:
+                return True
+        # Cold start: demand is not known yet; one hit per member may pass.
+        return mesh.fresh and mesh.allowance == 0 and mesh.spent == 0 and hits <= 1
 
     def _allow(self, cluster: ClusterView, counter: Counter, mesh: CounterMesh, remaining: int) -> None:
         mesh.allowance = cluster.allowance_for(counter, remaining)
@@ -541,8 +555,9 @@ _MISSING: Any = object()
 
 
 # What decide_plan needs of one counted limit: counter key, window length, retention
-# after the window start (grace included), limit, near-limit threshold, local, rule stats.
-PlanCount = tuple[str, int, float, int, int, bool, RuleStats]
+# after the window start (grace included), limit, near-limit threshold, local, bounded,
+# rule stats.
+PlanCount = tuple[str, int, float, int, int, bool, bool, RuleStats]
 _NO_LIMIT_RESULT = (-2, 0)
 
 
@@ -561,7 +576,7 @@ class PlanItem(NamedTuple):
 class Plan:
     """What `Limiter.plan` precomputed for one request shape (see there)."""
 
-    __slots__ = ("bounded", "counters", "counts", "hits", "items", "made_for")
+    __slots__ = ("counters", "counts", "hits", "items", "made_for")
 
     def __init__(
         self, made_for: tuple[RuleSet, LimiterOptions], items: tuple[PlanItem, ...], hits: int
@@ -571,7 +586,6 @@ class Plan:
         self.counts = tuple(item.counted for item in items)
         self.counters = sum(1 for count in self.counts if count is not None)
         self.hits = hits
-        self.bounded = any(item.spec is not None and item.spec.mode is Consistency.BOUNDED for item in items)
 
 
 def _apply_replaces(resolved: Sequence[_Resolved | None]) -> list[tuple[_Spec, ...]]:
