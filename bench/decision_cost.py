@@ -86,6 +86,12 @@ def hot_path(seconds: float) -> dict[str, float]:
     handle = getattr(servicer, "handle_bytes", None)
     if handle is not None:
         out["bytes_in_bytes_out"] = per_call_us(lambda i: handle(payloads[i % count]), seconds)
+        # Every call from a client not seen lately: more distinct payloads than the
+        # servicer keeps parsed and planned, in turn.
+        from hivemind_ratelimit.rls.servicer import PREPARED_CACHE_SIZE
+
+        fresh = many_payloads(3 * PREPARED_CACHE_SIZE)
+        out["bytes_in_bytes_out_new_client"] = per_call_us(lambda i: handle(fresh[i % len(fresh)]), seconds)
     out["should_rate_limit_msg"] = per_call_us(
         lambda i: servicer.should_rate_limit(messages[i % count]), seconds
     )
@@ -95,6 +101,23 @@ def hot_path(seconds: float) -> dict[str, float]:
     out["convert_out_serialise"] = per_call_us(
         lambda i: response_to_proto(decision).SerializeToString(), seconds
     )
+    return out
+
+
+def many_payloads(clients: int) -> list[bytes]:
+    """Requests of `clients` distinct clients, as build_payloads makes them."""
+    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    out = []
+    for i in range(clients):
+        request = rls_pb2.RateLimitRequest(domain=DOMAIN)
+        request.descriptors.add().entries.append(entry(key="remote_address", value=f"c{i}"))
+        request.descriptors.add().entries.extend(
+            [entry(key="header_match", value="api"), entry(key="path", value=f"/v1/orders/{i}")]
+        )
+        out.append(request.SerializeToString())
     return out
 
 
@@ -123,24 +146,8 @@ def filler_rules(count: int) -> str:
 
 def scaling(seconds: float) -> dict[str, Any]:
     """Decision cost vs rules and live counters; memory per live counter."""
-    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-    from envoy.service.ratelimit.v3 import rls_pb2
-
-    entry = ratelimit_pb2.RateLimitDescriptor.Entry
-
-    def payloads_for(clients: int) -> list[bytes]:
-        out = []
-        for i in range(clients):
-            request = rls_pb2.RateLimitRequest(domain=DOMAIN)
-            request.descriptors.add().entries.append(entry(key="remote_address", value=f"c{i}"))
-            request.descriptors.add().entries.extend(
-                [entry(key="header_match", value="api"), entry(key="path", value=f"/v1/orders/{i}")]
-            )
-            out.append(request.SerializeToString())
-        return out
-
     result: dict[str, Any] = {"rules": {}, "counters": {}, "memory": {}}
-    probe = payloads_for(256)
+    probe = many_payloads(256)
     for rules in RULE_COUNTS:
         servicer = make_servicer(filler_rules(rules))
         call = _bytes_call(servicer)
@@ -151,7 +158,7 @@ def scaling(seconds: float) -> dict[str, Any]:
         call = _bytes_call(servicer)
         # Each request creates two counters (remote_address and path): live/2 clients.
         clients = max(1, live // 2)
-        fill = payloads_for(clients)
+        fill = many_payloads(clients)
         gc.collect()
         before = rss_bytes()
         for p in fill:

@@ -190,10 +190,7 @@ class Limiter:
             self.stats.domain_not_found += 1
             return Decision(Code.OK, [STATUS_NO_LIMIT] * len(descriptors))
         options = self.options
-        cache = self._cache
-        if self._cache_for is None or self._cache_for[0] is not rules or self._cache_for[1] is not options:
-            cache.clear()
-            self._cache_for = (rules, options)
+        self._check_cache()
         now = self.clock.now()
         name = domain.name
         resolved: list[_Resolved | None] = []
@@ -202,13 +199,7 @@ class Limiter:
             if descriptor.override is not None and descriptor.override[1] is not Unit.UNKNOWN:
                 found: _Resolved | None = self._override(name, descriptor)
             else:
-                ckey = (name, descriptor.entries)
-                found = cache.get(ckey, _MISSING)
-                if found is _MISSING:
-                    found = self._resolve(domain, descriptor.entries)
-                    if len(cache) >= RESOLVE_CACHE_SIZE:
-                        cache.clear()
-                    cache[ckey] = found
+                found = self._lookup(domain, descriptor.entries)
             if found is not None and found.replaces:
                 replacing = True
             resolved.append(found)
@@ -297,10 +288,11 @@ class Limiter:
         items: list[PlanItem] = []
         keys: set[str] = set()
         grace = options.grace_seconds
+        self._check_cache()
         for descriptor in request.descriptors:
             if descriptor.override is not None or descriptor.hits_addend is not None:
                 return None
-            found = self._resolve(domain, descriptor.entries)
+            found = self._lookup(domain, descriptor.entries)
             if found is None:
                 items.append(PlanItem(None, STATUS_NO_LIMIT, None))
                 continue
@@ -387,6 +379,25 @@ class Limiter:
         return out
 
     # -- step 1 ------------------------------------------------------------------------
+
+    def _check_cache(self) -> None:
+        """Drop the resolution cache when the rules or options changed."""
+        made_for = self._cache_for
+        if made_for is None or made_for[0] is not self.rules or made_for[1] is not self.options:
+            self._cache.clear()
+            self._cache_for = (self.rules, self.options)
+
+    def _lookup(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
+        """`_resolve`, through the cache (call `_check_cache` first)."""
+        cache = self._cache
+        key = (domain.name, entries)
+        found: _Resolved | None = cache.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._resolve(domain, entries)
+            if len(cache) >= RESOLVE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = found
+        return found
 
     def _resolve(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
         match = matcher.find(domain, entries)
