@@ -82,9 +82,11 @@ system-deps:
 		fi; }
 
 # ShouldRateLimit per transport with h2load, through Envoy, memory and scaling, latency at
-# load (about 15 minutes); tables in docs/performance.md, JSON in bench/results/.
+# load, then garbage-collector stalls with many counters (about 18 minutes); tables in
+# docs/performance.md, JSON in bench/results/.
 bench: $(TEST_STAMP) native-deps
 	$(BIN)/python bench/transport_bench.py
+	$(BIN)/python bench/gc_pauses.py --json bench/results/gc_pauses.json
 
 # Over-admission against a shared limit by consistency mode and sync interval, on 3 and
 # 5 real nodes (about 5 minutes).

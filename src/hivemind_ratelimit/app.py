@@ -24,6 +24,7 @@ from hivemind_ratelimit.core.allowance import ClusterView
 from hivemind_ratelimit.core.clock import Clock, SystemClock
 from hivemind_ratelimit.core.limiter import Limiter, LimiterOptions, OverflowPolicy
 from hivemind_ratelimit.core.store import CounterStore
+from hivemind_ratelimit.gcpolicy import GcPolicy
 from hivemind_ratelimit.mesh.protocol import MeshCore, MeshStats, Timing
 from hivemind_ratelimit.mesh.transport import MeshTransport
 from hivemind_ratelimit.rls.servicer import RateLimitServicer
@@ -107,6 +108,7 @@ class App:
         self._rules_loaded_at: float | None = None
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.gc = GcPolicy()
 
     # -- NodeView for the admin endpoint ---------------------------------------------------
 
@@ -183,6 +185,7 @@ class App:
                 "mesh warm-up incomplete after %.1fs; serving with what arrived",
                 self.settings.mesh.warmup_timeout,
             )
+        self.gc.start()  # everything start-up made is loaded: freeze it (gcpolicy.py)
         self._serving = True
         self._ready = True
         await self.rls.set_serving(True)
@@ -220,6 +223,7 @@ class App:
                 self.mesh_core.sweep(self.clock.now())
             else:
                 self.store.expire(self.clock.now())
+            self.gc.tick()
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -246,6 +250,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.telemetry.shutdown()
+        self.gc.stop()
         log.info("stopped")
 
     def _reload_on_signal(self) -> None:

@@ -103,20 +103,37 @@ class LimiterOptions:
 
 
 class _Spec:
-    """One limit of a resolved descriptor, with everything a decision needs precomputed."""
+    """One limit of a resolved descriptor, with everything a decision needs precomputed.
+
+    Everything but the counter key depends on the limit alone: `template` computes it
+    once per rule limit, and `keyed` copies it for each counter path.
+    """
 
     __slots__ = ("current", "key", "length", "limit", "mode", "near", "retain", "rps", "sliding")
 
-    def __init__(self, domain: str, path: str, limit: Limit, options: LimiterOptions) -> None:
+    def __init__(self, limit: Limit, options: LimiterOptions) -> None:
         self.limit = limit
+        self.key = ""
         self.length = length = 0 if limit.unlimited else limit.window_seconds
-        self.key = f"{domain}{KEY_SEPARATOR}{path}{KEY_SEPARATOR}{length}"
         self.sliding = sliding = limit.algorithm is Algorithm.SLIDING_WINDOW
         self.retain = length * (2 if sliding else 1)  # + window start + grace
         self.mode = limit.consistency or options.default_consistency
         self.rps = limit.requests_per_unit
         self.near = math.floor(limit.requests_per_unit * options.near_limit_ratio)
         self.current = CurrentLimit(limit.requests_per_unit, limit.unit, limit.name)
+
+    def keyed(self, domain: str, path: str) -> _Spec:
+        spec = _Spec.__new__(_Spec)
+        spec.limit = self.limit
+        spec.key = f"{domain}{KEY_SEPARATOR}{path}{KEY_SEPARATOR}{self.length}"
+        spec.length = self.length
+        spec.sliding = self.sliding
+        spec.retain = self.retain
+        spec.mode = self.mode
+        spec.rps = self.rps
+        spec.near = self.near
+        spec.current = self.current
+        return spec
 
 
 class _Resolved:
@@ -125,13 +142,22 @@ class _Resolved:
     __slots__ = ("replaces", "rule", "specs", "stats_key")
 
     def __init__(
-        self, domain: str, rule: Rule | None, limits: tuple[Limit, ...], path: str, stats_key: str,
-        options: LimiterOptions,
-    ) -> None:  # fmt: skip
+        self, rule: Rule | None, specs: tuple[_Spec, ...], replaces: frozenset[str], stats_key: str
+    ) -> None:
         self.rule = rule
+        self.specs = specs
+        self.replaces = replaces
         self.stats_key = stats_key
-        self.specs = tuple(_Spec(domain, path, limit, options) for limit in limits)
-        self.replaces = frozenset(name for limit in limits for name in limit.replaces)
+
+
+def _templates(
+    limits: tuple[Limit, ...], options: LimiterOptions
+) -> tuple[tuple[_Spec, ...], frozenset[str]]:
+    """The specs of a rule's limits without counter keys, and the names they replace."""
+    return (
+        tuple(_Spec(limit, options) for limit in limits),
+        frozenset(name for limit in limits for name in limit.replaces),
+    )
 
 
 class _Check:
@@ -181,6 +207,8 @@ class Limiter:
         self.cluster = cluster  # None: a single node, nothing is shared
         self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], _Resolved | None] = {}
         self._cache_for: tuple[RuleSet, LimiterOptions] | None = None
+        # id(rule.limits) -> (rule.limits, its spec templates, the names they replace)
+        self._templates: dict[int, tuple[tuple[Limit, ...], tuple[_Spec, ...], frozenset[str]]] = {}
 
     def decide(self, request: Request) -> Decision:
         rules = self.rules
@@ -277,7 +305,7 @@ class Limiter:
         `decide_plan` then decides it in one pass with what the plan precomputed, with
         exactly the counts, stats and statuses `decide` gives (tests/property checks
         both against each other). A plan belongs to the rules and options it was made
-        with (`Plan.made_for`); after a reload it is made again.
+        with: the caller makes it again when either changed (a reload).
         """
         options = self.options
         if options.shadow_mode or options.stop_increment_when_over_limit or options.response_headers:
@@ -286,6 +314,7 @@ class Limiter:
         if domain is None:
             return None
         items: list[PlanItem] = []
+        counts: list[PlanCount | None] = []
         keys: set[str] = set()
         grace = options.grace_seconds
         self._check_cache()
@@ -294,14 +323,16 @@ class Limiter:
                 return None
             found = self._lookup(domain, descriptor.entries)
             if found is None:
-                items.append(PlanItem(None, STATUS_NO_LIMIT, None))
+                items.append(PlanItem(None, STATUS_NO_LIMIT))
+                counts.append(None)
                 continue
             rule = found.rule
             if found.replaces or len(found.specs) != 1 or rule is None or rule.quota_mode or rule.shadow_mode:
                 return None
             spec = found.specs[0]
             if spec.limit.unlimited:
-                items.append(PlanItem(None, STATUS_UNLIMITED, None))
+                items.append(PlanItem(None, STATUS_UNLIMITED))
+                counts.append(None)
                 continue
             if spec.sliding or spec.key in keys:
                 return None  # sliding windows, or two descriptors counting on one counter
@@ -311,8 +342,9 @@ class Limiter:
                 spec.key, spec.length, spec.retain + grace, spec.rps, spec.near,
                 spec.mode is Consistency.LOCAL, spec.mode is Consistency.BOUNDED, stats,
             )  # fmt: skip
-            items.append(PlanItem(spec, None, count))
-        return Plan((self.rules, options), tuple(items), max(request.hits_addend, 1))
+            items.append(PlanItem(spec, None))
+            counts.append(count)
+        return Plan(tuple(items), tuple(counts), len(keys), max(request.hits_addend, 1))
 
     def decide_plan(self, plan: Plan) -> list[int] | None:
         """Decide a planned request: the overall code (a Code value), then per item the
@@ -385,6 +417,7 @@ class Limiter:
         made_for = self._cache_for
         if made_for is None or made_for[0] is not self.rules or made_for[1] is not self.options:
             self._cache.clear()
+            self._templates.clear()
             self._cache_for = (self.rules, self.options)
 
     def _lookup(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
@@ -404,7 +437,13 @@ class Limiter:
         if match is None:
             return None
         rule = match.rule
-        return _Resolved(domain.name, rule, rule.limits, match.counter_path, match.stats_key, self.options)
+        # Per rule (the rule keeps its limits tuple alive, so its id stays its own).
+        made = self._templates.get(id(rule.limits))
+        if made is None or made[0] is not rule.limits:
+            made = self._templates[id(rule.limits)] = (rule.limits, *_templates(rule.limits, self.options))
+        _, templates, replaces = made
+        name, path = domain.name, match.counter_path
+        return _Resolved(rule, tuple(t.keyed(name, path) for t in templates), replaces, match.stats_key)
 
     def _override(self, domain_name: str, descriptor: RequestDescriptor) -> _Resolved:
         assert descriptor.override is not None
@@ -413,7 +452,8 @@ class Limiter:
         path = matcher.COUNTER_SEPARATOR.join(f"{k}={v}" for k, v in entries)
         # Keys only: request values would make the metric's cardinality unbounded.
         stats_key = ".".join([domain_name, *(k for k, _ in entries)])
-        return _Resolved(domain_name, None, (Limit(requests, unit),), path, stats_key, self.options)
+        templates, replaces = _templates((Limit(requests, unit),), self.options)
+        return _Resolved(None, tuple(t.keyed(domain_name, path) for t in templates), replaces, stats_key)
 
     # -- step 2 ------------------------------------------------------------------------
 
@@ -577,7 +617,6 @@ class PlanItem(NamedTuple):
 
     spec: _Spec | None  # None: `status` is the answer (no matching rule, or unlimited)
     status: DescriptorStatus | None
-    counted: PlanCount | None
 
     @property
     def current(self) -> CurrentLimit | None:
@@ -587,15 +626,14 @@ class PlanItem(NamedTuple):
 class Plan:
     """What `Limiter.plan` precomputed for one request shape (see there)."""
 
-    __slots__ = ("counters", "counts", "hits", "items", "made_for")
+    __slots__ = ("counters", "counts", "hits", "items")
 
     def __init__(
-        self, made_for: tuple[RuleSet, LimiterOptions], items: tuple[PlanItem, ...], hits: int
+        self, items: tuple[PlanItem, ...], counts: tuple[PlanCount | None, ...], counters: int, hits: int
     ) -> None:
-        self.made_for = made_for
-        self.items = items
-        self.counts = tuple(item.counted for item in items)
-        self.counters = sum(1 for count in self.counts if count is not None)
+        self.items = items  # per descriptor: what the answer needs
+        self.counts = counts  # per descriptor: what decide_plan needs, None without a limit
+        self.counters = counters  # how many counters the request may create
         self.hits = hits
 
 
