@@ -45,6 +45,54 @@ def test_expire_drops_only_counters_past_retention() -> None:
     assert len(store) == 0
 
 
+def test_expire_drops_an_older_window_behind_a_newer_one_of_the_same_key() -> None:
+    store = CounterStore(10)
+    old = store.get_or_create("k", 0, 60, 122.0, 1.0)  # kept for a sliding window
+    new = store.get_or_create("k", 60, 60, 182.0, 61.0)
+    assert old is not None and new is not None
+    assert new.prev is old
+    assert store.expire(122.0) == 1
+    assert store.get("k", 60) is new and new.prev is None
+    assert store.get("k", 0) is None
+    assert list(store) == [new]
+
+
+def test_expire_keeps_a_counter_whose_retention_was_extended() -> None:
+    """A peer's late message can extend a counter's retention after it was filed."""
+    store = CounterStore(10)
+    counter = store.get_or_create("k", 0, 60, 62.0, 1.0)
+    assert counter is not None
+    counter.retain_until = 200.0
+    assert store.expire(100.0) == 0
+    assert store.get("k", 0) is counter
+    assert store.expire(200.0) == 1
+    assert len(store) == 0 and list(store) == []
+
+
+def test_expire_with_a_budget_drops_the_rest_on_the_next_call() -> None:
+    store = CounterStore(100)
+    for i in range(10):
+        store.get_or_create(f"k{i}", 0, 60, 62.0, 1.0)
+    store.get_or_create("later", 60, 60, 122.0, 61.0)
+    closed: list[Counter] = []
+    assert store.expire(70.0, closed, budget=4) == 4
+    assert len(store) == 7
+    assert store.expire(70.0, closed, budget=4) == 4
+    assert store.expire(70.0, closed, budget=4) == 2
+    assert store.expire(70.0, closed, budget=4) == 0
+    assert sorted(c.key for c in closed) == sorted(f"k{i}" for i in range(10))
+    assert [c.key for c in store] == ["later"]
+
+
+def test_expired_counters_leave_the_dirty_set() -> None:
+    store = CounterStore(10)
+    counter = store.get_or_create("k", 0, 60, 62.0, 1.0)
+    assert counter is not None
+    store.dirty.add(counter)
+    assert store.expire(62.0) == 1
+    assert not store.dirty
+
+
 def test_full_store_sweeps_expired_counters_first() -> None:
     store = CounterStore(2)
     store.get_or_create("a", 0, 60, 62.0, 1.0)

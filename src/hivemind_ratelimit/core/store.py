@@ -6,15 +6,16 @@ the other slots live in a dict that exists only once a peer has reported a count
 The global count is `own + remote_total`.
 
 Counters are dropped once their retention time has passed (the window end, plus the
-next window for sliding windows, plus a grace period for late peer messages). When
+next window for sliding windows, plus a grace period for late peer messages), found
+through an index by that time, so a sweep never walks the live counters. When
 `max_counters` are live and a new counter is needed, expired counters are swept
 first; if none can be dropped the caller gets None and applies its overflow policy.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping
-from itertools import pairwise
 
 from hivemind_ratelimit.core.gcounter import Slot, merge_into
 
@@ -320,6 +321,12 @@ class CounterStore:
         self.dirty: set[Counter] = set()  # shared counters changed since the last sync tick
         self._sweep_every = sweep_every
         self._next_sweep = 0.0
+        # The expiry index: counters by the time their retention ends (few distinct
+        # times, as windows are aligned) and a heap of those times, so a sweep costs what
+        # it drops, not what is live. A counter whose retention was extended since it was
+        # filed is filed again when its old time comes.
+        self._due: dict[float, list[Counter]] = {}
+        self._times: list[float] = []
 
     def __len__(self) -> int:
         return self.size
@@ -374,44 +381,64 @@ class CounterStore:
             counter.prev = after.prev
             after.prev = counter
         self.size += 1
+        self._file(counter)
         return counter
 
-    def expire(self, now: float, closed: list[Counter] | None = None) -> int:
-        """Drop every counter whose retention has passed; returns how many.
+    def _file(self, counter: Counter) -> None:
+        until = counter.window[2]
+        bucket = self._due.get(until)
+        if bucket is None:
+            bucket = self._due[until] = []
+            heapq.heappush(self._times, until)
+        bucket.append(counter)
 
-        Dropped counters are appended to `closed` when given (to measure their totals).
+    def expire(self, now: float, closed: list[Counter] | None = None, budget: int | None = None) -> int:
+        """Drop counters whose retention has passed; returns how many.
+
+        At most `budget` when given (the caller sweeps again for the rest). Dropped
+        counters are appended to `closed` when given (to measure their totals).
         """
-        heads = self._heads
+        times, due, heads = self._times, self._due, self._heads
         dirty = self.dirty
         dropped = 0
-        emptied: list[str] = []
-        for key, head in heads.items():
-            counter: Counter | None = head
-            while counter is not None and counter.window[2] > now:
-                counter = counter.prev
-            if counter is None:
-                continue  # nothing to drop under this key
-            kept: list[Counter] = []
-            counter = head
-            while counter is not None:
-                older = counter.prev
+        while times and times[0] <= now:
+            until = times[0]
+            bucket = due[until]
+            while bucket:
+                if budget is not None and dropped >= budget:
+                    self.size -= dropped
+                    return dropped
+                counter = bucket.pop()
                 if counter.window[2] > now:
-                    kept.append(counter)
+                    self._file(counter)  # its retention was extended
+                    continue
+                if counter.prev is None and heads.get(counter.key) is counter:
+                    del heads[counter.key]  # the usual case: the only window of its key
                 else:
-                    counter.prev = None
+                    self._unlink(counter)
+                if dirty:
                     dirty.discard(counter)
-                    if closed is not None:
-                        closed.append(counter)
-                    dropped += 1
-                counter = older
-            if not kept:
-                emptied.append(key)
-                continue
-            for newer, older_kept in pairwise(kept):
-                newer.prev = older_kept
-            kept[-1].prev = None
-            heads[key] = kept[0]  # replaces a value: the dict's size does not change
-        for key in emptied:
-            del heads[key]
+                if closed is not None:
+                    closed.append(counter)
+                dropped += 1
+            heapq.heappop(times)
+            del due[until]
         self.size -= dropped
         return dropped
+
+    def _unlink(self, counter: Counter) -> None:
+        """Take a counter out of its key's chain."""
+        key = counter.key
+        head = self._heads[key]
+        if head is counter:
+            if counter.prev is None:
+                del self._heads[key]
+            else:
+                self._heads[key] = counter.prev
+        else:
+            newer = head
+            while newer.prev is not counter:
+                assert newer.prev is not None, "a filed counter is in its key's chain"
+                newer = newer.prev
+            newer.prev = counter.prev
+        counter.prev = None

@@ -483,11 +483,13 @@ class MeshCore:
 
     # -- accounting -------------------------------------------------------------------------
 
-    def sweep(self, now: float) -> int:
-        """Drop ended counters; measure each closed window's merged total against its limit."""
+    def sweep(self, now: float, budget: int | None = None) -> int:
+        """Drop ended counters (at most `budget`); measure each closed window's merged
+        total against its limit. Idle demand is forgotten once the sweep is complete."""
         closed: list[Counter] = []
-        dropped = self.store.expire(now, closed)
-        self.cluster.forget_idle()
+        dropped = self.store.expire(now, closed, budget)
+        if budget is None or dropped < budget:
+            self.cluster.forget_idle()
         stats = self.stats
         for counter in closed:
             if not counter.shared or not counter.limit:
