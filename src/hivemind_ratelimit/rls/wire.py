@@ -250,7 +250,7 @@ class PlanEncoder:
             elif remaining < table:
                 body = ok + remaining_table[remaining] + tail
             else:
-                body = ok + _remaining_field(remaining) + tail
+                body = ok + b"\x18" + _varint(remaining) + tail
             size = len(body)
             parts.append(heads[size] + body if size < 0x80 else b"\x12" + _varint(size) + body)
         return b"".join(parts)
