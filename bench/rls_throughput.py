@@ -276,9 +276,12 @@ def hivemind_command() -> list[str]:
     return [sys.executable, "-m", "hivemind_ratelimit.cli"]
 
 
-def start(name: str, command: list[str], target: str, log: Path, admin: str = "") -> Server:
+def popen_logged(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `command` in the repository, its stdout and stderr to `log`; the kernel stops
+    it when this process dies. (bench/transport_bench.py starts its processes with it too.)
+    """
     with open(log, "wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -286,7 +289,10 @@ def start(name: str, command: list[str], target: str, log: Path, admin: str = ""
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-    return Server(name, process, target, log, admin)
+
+
+def start(name: str, command: list[str], target: str, log: Path, admin: str = "") -> Server:
+    return Server(name, popen_logged(command, log), target, log, admin)
 
 
 def wait_ready(server: Server, deadline: float) -> dict[str, Any]:

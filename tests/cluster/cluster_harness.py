@@ -36,6 +36,7 @@ from google.protobuf import wrappers_pb2
 
 from integration.hivemind_harness import (
     LOOPBACK,
+    OK,
     RPC_TIMEOUT,
     HivemindProcess,
     free_ports,
@@ -43,9 +44,6 @@ from integration.hivemind_harness import (
     stop_all,
     wait_until,
 )
-
-OK = rls_pb2.RateLimitResponse.OK
-OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
 
 # Short timings so failures are detected in about a second and a half.
 FAST_MESH = {

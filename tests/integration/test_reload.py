@@ -17,6 +17,8 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from integration.hivemind_harness import (
+    OK,
+    OVER_LIMIT,
     RPC_TIMEOUT,
     HivemindFactory,
     HivemindProcess,
@@ -29,7 +31,6 @@ from integration.hivemind_harness import (
 
 pytestmark = pytest.mark.integration
 
-OK, OVER_LIMIT = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
 DOMAIN = "reload"
 WATCH = {"rate_limiting.watch_interval": "200ms"}
 RELOAD_TIMEOUT = 10.0  # seconds; the watcher polls every 200 ms

@@ -19,6 +19,7 @@ import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from hivemind_ratelimit.telemetry.tracing import SPAN_NAME
+from integration.envoy_support import static_cluster
 from integration.hivemind_harness import LOOPBACK, EnvoyProcess, HivemindFactory, HivemindProcess, free_ports
 from integration.test_envoy import DOMAIN, RULES, envoy_config
 from observability.otlp_receiver import OtlpReceiver
@@ -43,35 +44,7 @@ def traced_envoy_config(rls_port: int, otlp_port: int, ports: dict[str, int]) ->
             },
         },
     }
-    static["clusters"].append(
-        {
-            "name": "otlp",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": "otlp",
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {"address": LOOPBACK, "port_value": otlp_port}
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                }
-            },
-        }
-    )
+    static["clusters"].append(static_cluster("otlp", otlp_port, http2=True))
     # Envoy's tracer sends batches every 5 s by default; flush each span at once here.
     config["layered_runtime"] = {
         "layers": [

@@ -18,6 +18,8 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from hivemind_ratelimit import __version__
 from integration.hivemind_harness import (
+    OK,
+    OVER_LIMIT,
     RPC_TIMEOUT,
     HivemindFactory,
     HivemindProcess,
@@ -31,7 +33,6 @@ from integration.hivemind_harness import (
 
 pytestmark = pytest.mark.integration
 
-OK, OVER_LIMIT = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
 DOMAIN = "obs"
 NODE_ID = "obs-node-1"
 RULES = f"""

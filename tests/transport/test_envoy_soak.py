@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from integration.envoy_support import bootstrap, http_listener, ok_listener, ratelimit_filter, static_cluster
 from integration.hivemind_harness import LOOPBACK, EnvoyProcess, HivemindProcess, free_ports
 from transport.conftest import DOMAIN, SETTINGS, rules_file
 
@@ -28,101 +29,22 @@ SOAK_REQUESTS = 100_000
 FALLBACK_REQUESTS = 4_000  # without h2load: a Python client is much slower
 
 
-def _filter(port: int) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-            "domain": DOMAIN,
-            "timeout": "5s",
-            "failure_mode_deny": True,
-            "rate_limit_service": {
-                "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": "hivemind"}},
-            },
-        },
-    }
-
-
 def soak_config(rls_port: int, admin: int, front: int, backend: int) -> dict[str, Any]:
-    router = {
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }
-
-    def listener(name: str, port: int, route: dict[str, Any], filters: list[Any]) -> dict[str, Any]:
-        manager = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager",
-            "stat_prefix": name,
-            "codec_type": "AUTO",
-            "route_config": {
-                "virtual_hosts": [
-                    {"name": name, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **route}]}
-                ]
-            },
-            "http_filters": [*filters, router],
-        }
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": LOOPBACK, "port_value": port}},
-            "filter_chains": [
-                {
-                    "filters": [
-                        {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
-                    ]
-                }
-            ],
-        }
-
-    def cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {"socket_address": {"address": LOOPBACK, "port_value": port}}
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-        if http2:
-            out["typed_extension_protocol_options"] = {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                }
-            }
-        return out
-
     limited = {
+        "match": {"prefix": "/"},
         "route": {
             "cluster": "backend",
             "rate_limits": [
                 {"actions": [{"generic_key": {"descriptor_value": "soak"}}, {"remote_address": {}}]}
             ],
-        }
-    }
-    ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
-    return {
-        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                listener("front", front, limited, [_filter(rls_port)]),
-                listener("backend", backend, ok, []),
-            ],
-            "clusters": [cluster("backend", backend, False), cluster("hivemind", rls_port, True)],
         },
     }
+    rls = ratelimit_filter(DOMAIN, "hivemind", timeout="5s")
+    return bootstrap(
+        admin,
+        [http_listener("front", front, [limited], [rls]), ok_listener("backend", backend)],
+        [static_cluster("backend", backend), static_cluster("hivemind", rls_port, http2=True)],
+    )
 
 
 SOAK_RULES_EXTRA = """
