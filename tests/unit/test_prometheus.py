@@ -30,9 +30,7 @@ def make_stats() -> ServiceStats:
     rule = stats.rule("edge", "edge.remote_address")
     rule.total_hits, rule.over_limit, rule.near_limit, rule.within_limit, rule.shadow_mode = 12, 2, 2, 10, 1
     stats.rule("edge", 'edge.path_/a"b\\c\nd').total_hits = 1
-    stats.count_response("OK")
-    stats.count_response("OK")
-    stats.count_response("OVER_LIMIT")
+    stats.responses.update({"OK": 2, "OVER_LIMIT": 1})
     stats.count_error("invalid_request")
     stats.latency.observe(0.00002)
     stats.latency.observe(0.0003)

@@ -105,8 +105,9 @@ class LimiterOptions:
 class _Spec:
     """One limit of a resolved descriptor, with everything a decision needs precomputed.
 
-    Everything but the counter key depends on the limit alone: `template` computes it
-    once per rule limit, and `keyed` copies it for each counter path.
+    Everything but the counter key depends on the limit alone: a spec made from the
+    limit (`_Spec(limit, options)`, once per rule: `Limiter._resolve`) is a template
+    that `keyed` copies for each counter path.
     """
 
     __slots__ = ("current", "key", "length", "limit", "mode", "near", "retain", "rps", "sliding")
@@ -362,7 +363,7 @@ class Limiter:
         now = self.clock.now()
         seconds = int(now)
         hits = plan.hits
-        get_or_create = store.get_or_create
+        newest = store.newest
         out = [_OK]
         for count in plan.counts:
             if count is None:
@@ -370,8 +371,10 @@ class Limiter:
                 continue
             key, length, keep, rps, near, local, bounded, stats = count
             start = int(now // length) * length
-            counter = get_or_create(key, start, length, start + keep, now)
-            assert counter is not None  # there was room for every counter of the request
+            counter = newest.get(key)
+            if counter is None or counter.window[0] != start:
+                counter = store.get_or_create(key, start, length, start + keep, now)
+                assert counter is not None  # there was room for every counter of the request
             counter.limit = rps
             if local:
                 counter.seen = -1

@@ -317,6 +317,9 @@ class CounterStore:
             raise ValueError("max_counters must be at least 1")
         self.max_counters = max_counters
         self._heads: dict[str, Counter] = {}
+        # Each key's newest counter, for a caller's lookup without a call (read only;
+        # get_or_create when the window is not the one wanted).
+        self.newest: Mapping[str, Counter] = self._heads
         self.size = 0  # live counters (read-only outside the store)
         self.dirty: set[Counter] = set()  # shared counters changed since the last sync tick
         self._sweep_every = sweep_every

@@ -44,8 +44,7 @@ class RateLimitServicer:
         request = request_from_proto(message, self.bounds)
         decision = self.limiter.decide(request)
         response = response_to_proto(decision)
-        self.stats.latency.observe(time.perf_counter() - started)
-        self.stats.count_response(decision.overall.name)
+        self.stats.answered(decision.overall.name, time.perf_counter() - started)
         return response
 
     def handle_bytes(self, payload: bytes, metadata: Metadata = ()) -> bytes:
@@ -75,8 +74,7 @@ class RateLimitServicer:
                     decision = limiter.decide(prepared.request)
                     body = response_bytes(decision)
                     code = decision.overall
-                self.stats.latency.observe(time.perf_counter() - started)
-                self.stats.count_response(_CODE_NAMES[code])
+                self.stats.answered(_CODE_NAMES[code], time.perf_counter() - started)
                 return body
         try:
             message = _parse(payload)

@@ -81,7 +81,9 @@ class ServiceStats:
             stats = self.rules[key] = RuleStats()
         return stats
 
-    def count_response(self, code: str) -> None:
+    def answered(self, code: str, seconds: float) -> None:
+        """A call was answered with `code` (OK / OVER_LIMIT) after `seconds`."""
+        self.latency.observe(seconds)
         self.responses[code] = self.responses.get(code, 0) + 1
 
     def count_error(self, label: str) -> None:
