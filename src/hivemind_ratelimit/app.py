@@ -41,6 +41,7 @@ log = logging.getLogger("hivemind")
 
 SWEEP_INTERVAL = 1.0
 SWEEP_SLICE = 5_000  # counters dropped between two chances for calls to be served (~3 ms)
+GC_TICK_INTERVAL = 0.1  # seconds between two freezes of the survivors (gcpolicy.py)
 
 
 def default_node_id() -> str:
@@ -187,6 +188,7 @@ class App:
                 self.settings.mesh.warmup_timeout,
             )
         self.gc.start()  # everything start-up made is loaded: freeze it (gcpolicy.py)
+        self._tasks.append(asyncio.create_task(self._gc_ticks(self._stop)))
         self._serving = True
         self._ready = True
         await self.rls.set_serving(True)
@@ -231,6 +233,11 @@ class App:
                 if dropped < SWEEP_SLICE:
                     break
                 await asyncio.sleep(0)
+
+    async def _gc_ticks(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=GC_TICK_INTERVAL)
             self.gc.tick()
 
     def request_stop(self) -> None:

@@ -16,8 +16,9 @@ store drops them, so the cyclic collector need not look at them at all. The poli
   (`gc.freeze`: the collector ignores it from then on; reference counting still frees
   it);
 - the young generation is collected every 10,000 net allocations instead of 700;
-- every `tick` (once a second, with the store's sweep) freezes what survived since the
-  last tick, so no collection walks more than about a second's worth of new objects;
+- every `tick` (ten times a second) freezes what survived since the last tick, so no
+  collection walks more than about a tenth of a second's worth of new objects (at a
+  second's worth, a burst of new clients made young collections of 50-100 ms);
 - every `full_interval` (10 minutes) everything is unfrozen and collected once, so
   garbage in reference cycles that was frozen while it was alive is reclaimed: that
   one collection costs what a full collection costs without this policy.

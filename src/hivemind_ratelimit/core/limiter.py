@@ -17,6 +17,7 @@ adding its hits exceeds the limit, so a limit of N admits exactly N per window.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -140,7 +141,7 @@ class _Spec:
 class _Resolved:
     """What a descriptor's entries resolve to: immutable, cached per rule set."""
 
-    __slots__ = ("replaces", "rule", "specs", "stats_key")
+    __slots__ = ("planned", "replaces", "rule", "specs", "stats_key")
 
     def __init__(
         self, rule: Rule | None, specs: tuple[_Spec, ...], replaces: frozenset[str], stats_key: str
@@ -149,6 +150,8 @@ class _Resolved:
         self.specs = specs
         self.replaces = replaces
         self.stats_key = stats_key
+        # Its part of a plan (Limiter._plan_part), made when a plan first needs it.
+        self.planned: tuple[PlanItem, PlanCount | None] | None = None
 
 
 def _templates(
@@ -184,8 +187,9 @@ class _Check:
         return 0 if self.over else max(self.spec.rps - self.after, 0)
 
 
-# Resolved descriptors cached per limiter; the cache is dropped whole when full or when
-# the rules (or options) change. Big enough for the hot keys, small next to the store.
+# Resolved descriptors cached per limiter; the oldest goes when the cache is full, all of
+# them when the rules (or options) change. Big enough for the hot keys, small next to
+# the store.
 RESOLVE_CACHE_SIZE = 16_384
 
 
@@ -206,7 +210,7 @@ class Limiter:
         self.options = options or LimiterOptions()
         self.rules = rules  # swapped whole on reload; read once per decision
         self.cluster = cluster  # None: a single node, nothing is shared
-        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], _Resolved | None] = {}
+        self._cache: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], _Resolved | None] = OrderedDict()
         self._cache_for: tuple[RuleSet, LimiterOptions] | None = None
         # id(rule.limits) -> (rule.limits, its spec templates, the names they replace)
         self._templates: dict[int, tuple[tuple[Limit, ...], tuple[_Spec, ...], frozenset[str]]] = {}
@@ -317,35 +321,46 @@ class Limiter:
         items: list[PlanItem] = []
         counts: list[PlanCount | None] = []
         keys: set[str] = set()
-        grace = options.grace_seconds
         self._check_cache()
         for descriptor in request.descriptors:
             if descriptor.override is not None or descriptor.hits_addend is not None:
                 return None
             found = self._lookup(domain, descriptor.entries)
             if found is None:
-                items.append(PlanItem(None, STATUS_NO_LIMIT))
+                items.append(_NO_RULE)
                 counts.append(None)
                 continue
-            rule = found.rule
-            if found.replaces or len(found.specs) != 1 or rule is None or rule.quota_mode or rule.shadow_mode:
+            planned = found.planned
+            if planned is None:
+                planned = found.planned = self._plan_part(domain.name, found)
+            if planned is _NOT_PLANNED:
                 return None
-            spec = found.specs[0]
-            if spec.limit.unlimited:
-                items.append(PlanItem(None, STATUS_UNLIMITED))
-                counts.append(None)
-                continue
-            if spec.sliding or spec.key in keys:
-                return None  # sliding windows, or two descriptors counting on one counter
-            keys.add(spec.key)
-            stats = self.stats.rule(domain.name, found.stats_key)
-            count = (
-                spec.key, spec.length, spec.retain + grace, spec.rps, spec.near,
-                spec.mode is Consistency.LOCAL, spec.mode is Consistency.BOUNDED, stats,
-            )  # fmt: skip
-            items.append(PlanItem(spec, None))
+            item, count = planned
+            if count is not None:
+                if count[0] in keys:
+                    return None  # two descriptors counting on one counter
+                keys.add(count[0])
+            items.append(item)
             counts.append(count)
         return Plan(tuple(items), tuple(counts), len(keys), max(request.hits_addend, 1))
+
+    def _plan_part(self, domain: str, found: _Resolved) -> tuple[PlanItem, PlanCount | None]:
+        """A resolved descriptor's part of a plan, or _NOT_PLANNED. Kept on the resolved
+        descriptor, which is cached per rules and options like the plan."""
+        rule = found.rule
+        if found.replaces or len(found.specs) != 1 or rule is None or rule.quota_mode or rule.shadow_mode:
+            return _NOT_PLANNED
+        spec = found.specs[0]
+        if spec.limit.unlimited:
+            return _UNLIMITED
+        if spec.sliding:
+            return _NOT_PLANNED
+        count = (
+            spec.key, spec.length, spec.retain + self.options.grace_seconds, spec.rps, spec.near,
+            spec.mode is Consistency.LOCAL, spec.mode is Consistency.BOUNDED,
+            self.stats.rule(domain, found.stats_key),
+        )  # fmt: skip
+        return PlanItem(spec, None), count
 
     def decide_plan(self, plan: Plan) -> list[int] | None:
         """Decide a planned request: the overall code (a Code value), then per item the
@@ -431,7 +446,7 @@ class Limiter:
         if found is _MISSING:
             found = self._resolve(domain, entries)
             if len(cache) >= RESOLVE_CACHE_SIZE:
-                cache.clear()
+                cache.popitem(last=False)  # the oldest: no pause, hot entries come back one by one
             cache[key] = found
         return found
 
@@ -624,6 +639,11 @@ class PlanItem(NamedTuple):
     @property
     def current(self) -> CurrentLimit | None:
         return None if self.spec is None else self.spec.current
+
+
+_NO_RULE = PlanItem(None, STATUS_NO_LIMIT)
+_UNLIMITED: tuple[PlanItem, PlanCount | None] = (PlanItem(None, STATUS_UNLIMITED), None)
+_NOT_PLANNED: tuple[PlanItem, PlanCount | None] = (PlanItem(None, None), None)  # a marker
 
 
 class Plan:

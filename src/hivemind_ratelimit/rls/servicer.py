@@ -8,6 +8,7 @@ gRPC statuses. Latency and response codes are counted here, as plain integers.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.message import DecodeError
@@ -37,7 +38,7 @@ class RateLimitServicer:
         # transport with an observer calls `observer.call(should_rate_limit, request,
         # metadata)` instead of `should_rate_limit(request)`.
         self.observer = observer
-        self._prepared: dict[bytes, _Prepared] = {}
+        self._prepared: OrderedDict[bytes, _Prepared] = OrderedDict()
 
     def should_rate_limit(self, message: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
@@ -91,7 +92,7 @@ class RateLimitServicer:
         prepared = _Prepared(request)
         prepared.replan(self.limiter)
         if len(self._prepared) >= PREPARED_CACHE_SIZE:
-            self._prepared.clear()
+            self._prepared.popitem(last=False)  # the oldest: no pause, hot ones come back one by one
         self._prepared[payload] = prepared
         return prepared
 
